@@ -1,0 +1,1 @@
+"""Application shell: command line, server wiring, persistence, logging."""
