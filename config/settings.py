@@ -1,16 +1,28 @@
-"""Typed settings. `load_settings` is the only entry point; it raises ConfigError with one readable line."""
+"""Typed settings, validated once at start-up.
+
+Defaults live in ``config/settings.yml``. Environment variables override them:
+
+* ``TAWASUL_<SECTION>__<KEY>`` for any key, for example ``TAWASUL_SERVER__PORT=8081``;
+* short names for the keys operators set most (``TAWASUL_DATABASE_URL``, ``TAWASUL_NLU_ENGINE``, ...);
+* the platforms' usual names for their secrets (``TELEGRAM_BOT_TOKEN``, ``WHATSAPP_ACCESS_TOKEN``, ...).
+
+``load_settings`` is the only entry point. Any invalid value raises ``ConfigError`` whose message is one
+readable line naming the key; the CLI turns that into exit status 2.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = CONFIG_DIR.parent
 ENV_PREFIX = "TAWASUL_"
 
 
@@ -19,54 +31,224 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
+    port: int = Field(8080, ge=0, le=65535)
+    # Public https base URL of this service; webhooks are registered under it when set.
+    public_url: str | None = None
+    # Largest webhook body accepted; larger ones are answered 413.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
 
 
 class DatabaseSettings(_Section):
     url: str = "sqlite+aiosqlite:///var/tawasul.db"
+    echo: bool = False
+    pool_size: int = Field(10, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+class NLUSettings(_Section):
+    engine: Literal["embedded", "rasa"] = "embedded"
+    model_dir: Path = PROJECT_DIR / "var" / "models"
+    # Below these the dialogue asks instead of assuming.
+    type_threshold: float = Field(0.55, ge=0.0, le=1.0)
+    agency_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    intent_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    review_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    review_sample_rate: float = Field(0.02, ge=0.0, le=1.0)
+    rasa_url: str = "http://127.0.0.1:5005"
+    rasa_port: int = Field(5005, ge=1, le=65535)
+    rasa_timeout_s: float = Field(2.0, gt=0)
+
+
+class BackendSettings(_Section):
+    # "embedded" runs the reference core backend inside this process; "remote" talks to `url`.
+    mode: Literal["embedded", "remote"] = "embedded"
+    url: str = "http://127.0.0.1:8090"
+    # Port the reference backend binds when run standalone (`tawasul backend serve`).
+    port: int = Field(8090, ge=0, le=65535)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    staff_token: SecretStr = SecretStr("dev-staff-token")
+    # Shared secret of the status-change webhooks (HMAC-SHA256).
+    webhook_secret: SecretStr = SecretStr("dev-webhook-secret")
+    webhook_max_age_s: int = Field(300, ge=1)
+    poll_interval_s: float = Field(60.0, gt=0)
+    # Reference backend only: where it keeps its cases.
+    database_url: str = "sqlite+aiosqlite:///var/core_backend.db"
+    response_working_days: dict[str, int] = {"complaint": 14, "suggestion": 14, "inquiry": 14}
+    public_holidays: list[dt.date] = []
+
+
+class DialogueSettings(_Section):
+    idle_timeout_minutes: int = Field(30, ge=1)
+    default_language: Literal["ar", "en"] = "ar"
+    call_centre: str = "80008001"
+    flood_limit_per_minute: int = Field(20, ge=1)
+    max_text_chars: int = Field(4000, ge=100)
+    max_attachments: int = Field(5, ge=0)
+    max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+
+class OutboxSettings(_Section):
+    poll_interval_s: float = Field(1.0, gt=0)
+    max_attempts: int = Field(12, ge=1)
+    backoff_base_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+
+
+class TelegramSettings(_Section):
+    bot_token: SecretStr | None = None
+    api_base_url: str = "https://api.telegram.org/bot"
+    api_file_base_url: str = "https://api.telegram.org/file/bot"
+    # Checked against X-Telegram-Bot-Api-Secret-Token on webhook calls.
+    webhook_secret: SecretStr | None = None
+    global_rate_per_s: float = Field(30.0, gt=0)
+    per_chat_rate_per_s: float = Field(1.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None and bool(self.bot_token.get_secret_value())
+
+
+class WhatsAppTemplate(_Section):
+    name: str
+    language: str = "ar"
+
+
+class WhatsAppSettings(_Section):
+    access_token: SecretStr | None = None
+    app_secret: SecretStr | None = None
+    verify_token: SecretStr | None = None
+    phone_number_id: str | None = None
+    api_base_url: str = "https://graph.facebook.com"
+    api_version: str = "v21.0"
+    rate_per_s: float = Field(80.0, gt=0)
+    # Approved templates for notices outside the 24-hour customer-service window.
+    status_template: WhatsAppTemplate = WhatsAppTemplate(name="case_status_update")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(
+            self.access_token
+            and self.access_token.get_secret_value()
+            and self.phone_number_id
+            and self.app_secret
+            and self.verify_token
+        )
+
+
+class StaffSettings(_Section):
+    session_hours: int = Field(8, ge=1)
+    lockout_attempts: int = Field(5, ge=1)
+    lockout_minutes: int = Field(15, ge=1)
+    secure_cookies: bool = False
 
 
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
+    logging: LoggingSettings = LoggingSettings()
+    nlu: NLUSettings = NLUSettings()
+    backend: BackendSettings = BackendSettings()
+    dialogue: DialogueSettings = DialogueSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    telegram: TelegramSettings = TelegramSettings()
+    whatsapp: WhatsAppSettings = WhatsAppSettings()
+    staff: StaffSettings = StaffSettings()
 
 
-# Platform variables keep their usual names; map them to our keys.
-ALIASES: dict[str, tuple[str, ...]] = {
+# Well-known variable names mapped to settings keys.
+ALIASES: dict[str, tuple[str, str]] = {
     "TAWASUL_DATABASE_URL": ("database", "url"),
+    "TAWASUL_HOST": ("server", "host"),
     "TAWASUL_PORT": ("server", "port"),
+    "TAWASUL_PUBLIC_URL": ("server", "public_url"),
+    "TAWASUL_LOG_LEVEL": ("logging", "level"),
+    "TAWASUL_NLU_ENGINE": ("nlu", "engine"),
+    "TAWASUL_RASA_URL": ("nlu", "rasa_url"),
+    "TAWASUL_MODEL_DIR": ("nlu", "model_dir"),
+    "TAWASUL_BACKEND_MODE": ("backend", "mode"),
+    "TAWASUL_BACKEND_URL": ("backend", "url"),
+    "TAWASUL_BACKEND_STAFF_TOKEN": ("backend", "staff_token"),
+    "TAWASUL_BACKEND_WEBHOOK_SECRET": ("backend", "webhook_secret"),
+    "TELEGRAM_BOT_TOKEN": ("telegram", "bot_token"),
+    "TELEGRAM_API_BASE_URL": ("telegram", "api_base_url"),
+    "TELEGRAM_API_FILE_BASE_URL": ("telegram", "api_file_base_url"),
+    "TELEGRAM_WEBHOOK_SECRET": ("telegram", "webhook_secret"),
+    "WHATSAPP_ACCESS_TOKEN": ("whatsapp", "access_token"),
+    "WHATSAPP_APP_SECRET": ("whatsapp", "app_secret"),
+    "WHATSAPP_VERIFY_TOKEN": ("whatsapp", "verify_token"),
+    "WHATSAPP_PHONE_NUMBER_ID": ("whatsapp", "phone_number_id"),
+    "WHATSAPP_API_BASE_URL": ("whatsapp", "api_base_url"),
+    "WHATSAPP_API_VERSION": ("whatsapp", "api_version"),
 }
 
 
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    # Lists and mappings may be given as YAML/JSON ("[2026-12-16, 2026-12-17]"); scalars stay strings so
+    # pydantic reports a bad number against the right key.
+    text = raw.strip()
+    if text[:1] in "[{":
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return raw
+    return raw
+
+
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, value in env.items():
+    for name, raw in env.items():
         if name in ALIASES:
-            path: tuple[str, ...] = ALIASES[name]
+            _set_path(data, ALIASES[name], _env_value(raw))
         elif name.startswith(ENV_PREFIX) and "__" in name:
-            path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
-        else:
-            continue
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+            path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+            _set_path(data, path, _env_value(raw))
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {str(value)[:60]!r})"
+    return f"invalid configuration: {key}: {err['msg']}{shown}"
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    path = path or CONFIG_DIR / "settings.yml"
+    """Read settings.yml, apply environment overrides and validate; raise ConfigError on any problem."""
+    path = path or Path(os.environ.get("TAWASUL_CONFIG", CONFIG_DIR / "settings.yml"))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read configuration file {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping of sections")
     _apply_env(data, os.environ if env is None else env)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"invalid configuration: {key}: {err['msg']} (got {err.get('input')!r})") from None
+        raise ConfigError(_describe(exc.errors()[0])) from None

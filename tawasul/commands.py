@@ -1,0 +1,47 @@
+"""Core subcommands: run, config, db."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from config import Settings
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    # Secrets print masked (pydantic SecretStr).
+    print(settings.model_dump_json(indent=2))
+    return 0
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from tawasul.db.migrate import upgrade
+
+    upgrade(settings.database.url, args.revision)
+    print(f"database at {_safe_url(settings.database.url)} is at revision {args.revision}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from tawasul.app import run_service
+
+    return asyncio.run(run_service(settings, shell=not args.no_shell))
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the service (webhooks, web, staff console, outbox)")
+    p.add_argument("--no-shell", action="store_true", help="do not attach the terminal chat")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("config", help="validate and print the effective configuration (secrets masked)")
+    p.set_defaults(func=_config)
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    p = db.add_parser("upgrade", help="apply migrations")
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(func=_db_upgrade)
