@@ -204,3 +204,84 @@ class InputChannel(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Stop background work."""
+
+
+# ---- JSON forms, for the database (inbound log, outbox). One place, so the layers exchange typed values.
+
+
+def incoming_to_json(msg: IncomingMessage) -> dict[str, Any]:
+    return {
+        "channel": msg.channel,
+        "sender_id": msg.sender_id,
+        "message_id": msg.message_id,
+        "text": msg.text,
+        "button": msg.button,
+        "command": msg.command,
+        "attachments": [
+            {"kind": str(a.kind), "ref": a.ref, "mime_type": a.mime_type, "size": a.size,
+             "filename": a.filename, "caption": a.caption}
+            for a in msg.attachments
+        ],
+        "location": None if msg.location is None else {
+            "latitude": msg.location.latitude, "longitude": msg.location.longitude, "text": msg.location.text},
+        "contact": None if msg.contact is None else {"phone": msg.contact.phone, "name": msg.contact.name},
+        "unsupported": msg.unsupported,
+        "language_hint": msg.language_hint,
+        "received_at": msg.received_at.isoformat(),
+        "metadata": dict(msg.metadata),
+    }
+
+
+def incoming_from_json(data: Mapping[str, Any]) -> IncomingMessage:
+    return IncomingMessage(
+        channel=data["channel"],
+        sender_id=data["sender_id"],
+        message_id=data["message_id"],
+        text=data.get("text"),
+        button=data.get("button"),
+        command=data.get("command"),
+        attachments=tuple(
+            Attachment(kind=AttachmentKind(a["kind"]), ref=a["ref"], mime_type=a.get("mime_type"),
+                       size=a.get("size"), filename=a.get("filename"), caption=a.get("caption"))
+            for a in data.get("attachments", [])
+        ),
+        location=Location(**data["location"]) if data.get("location") else None,
+        contact=Contact(**data["contact"]) if data.get("contact") else None,
+        unsupported=data.get("unsupported"),
+        language_hint=data.get("language_hint"),
+        received_at=dt.datetime.fromisoformat(data["received_at"]) if data.get("received_at")
+        else dt.datetime.now(dt.UTC),
+        metadata=data.get("metadata") or {},
+    )
+
+
+def outgoing_to_json(msg: OutgoingMessage) -> dict[str, Any]:
+    return {
+        "text": msg.text,
+        "buttons": [[b.title, b.payload] for b in msg.buttons],
+        "language": msg.language,
+        "request_location": msg.request_location,
+        "notification": msg.notification,
+        "template_params": list(msg.template_params),
+    }
+
+
+def outgoing_from_json(data: Mapping[str, Any]) -> OutgoingMessage:
+    return OutgoingMessage(
+        text=data["text"],
+        buttons=tuple(Button(title, payload) for title, payload in data.get("buttons", [])),
+        language=data.get("language", "ar"),
+        request_location=bool(data.get("request_location", False)),
+        notification=bool(data.get("notification", False)),
+        template_params=tuple(data.get("template_params", [])),
+    )
+
+
+class DeliveryFailed(Exception):
+    """An output channel could not deliver. ``permanent`` when retrying cannot help (the citizen blocked
+    the bot, the number does not exist); ``retry_after`` when the platform said when to try again."""
+
+    def __init__(self, reason: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+        self.retry_after = retry_after

@@ -73,6 +73,19 @@ class NLUSettings(_Section):
     rasa_url: str = "http://127.0.0.1:5005"
     rasa_port: int = Field(5005, ge=1, le=65535)
     rasa_timeout_s: float = Field(2.0, gt=0)
+    # Embedded engine. Training data (Rasa 3 NLU YAML); reviewed/ under it is training-only.
+    data_dir: Path = PROJECT_DIR / "nlu" / "data"
+    # Share of hand-written examples held out for evaluation, chosen by hash (stable across runs).
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    split_salt: str = "tawasul-nlu-split-v1"
+    # Examples whose normalised word sets overlap at least this much (Jaccard) stay on one side of the split.
+    near_duplicate_jaccard: float = Field(0.6, gt=0.0, le=1.0)
+    # Longer messages are cut to this many characters for the classifiers (entities still see all of it).
+    max_model_chars: int = Field(1000, ge=50)
+    # Weight of an explicit agency mention against the topic model (0 = ignore mentions, 1 = mention only).
+    explicit_agency_weight: float = Field(0.7, ge=0.0, le=1.0)
+    # Train and promote a model at start-up when the registry has none (`make run` on a fresh checkout).
+    train_if_missing: bool = True
 
 
 class BackendSettings(_Section):
@@ -88,10 +101,38 @@ class BackendSettings(_Section):
     webhook_secret: SecretStr = SecretStr("dev-webhook-secret")
     webhook_max_age_s: int = Field(300, ge=1)
     poll_interval_s: float = Field(60.0, gt=0)
+    # Bearer token the bot presents to the core backend (citizen actions, reads, event polling).
+    service_token: SecretStr = SecretStr("dev-service-token")
     # Reference backend only: where it keeps its cases.
     database_url: str = "sqlite+aiosqlite:///var/core_backend.db"
     response_working_days: dict[str, int] = {"complaint": 14, "suggestion": 14, "inquiry": 14}
     public_holidays: list[dt.date] = []
+    # Reference backend only: where status-change webhooks go (the bot's server); None disables pushing
+    # (the bot then learns of changes by polling GET /events).
+    events_webhook_url: str | None = "http://127.0.0.1:8080/backend/events"
+    webhook_retry_base_s: float = Field(1.0, gt=0)
+    webhook_retry_max_s: float = Field(300.0, gt=0)
+    # Reference backend only: largest attachment accepted (413 beyond).
+    max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _backend_async_driver(cls, value: str) -> str:
+        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("response_working_days")
+    @classmethod
+    def _known_case_types(cls, value: dict[str, int]) -> dict[str, int]:
+        known = {"complaint", "suggestion", "inquiry"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown case type(s) {unknown}; expected {sorted(known)}")
+        bad = sorted(k for k, days in value.items() if not 1 <= days <= 365)
+        if bad:
+            raise ValueError(f"working days must be between 1 and 365 (bad: {bad})")
+        return value
 
 
 class DialogueSettings(_Section):
@@ -113,12 +154,30 @@ class OutboxSettings(_Section):
 
 class TelegramSettings(_Section):
     bot_token: SecretStr | None = None
+    # Same meaning as python-telegram-bot's base_url / base_file_url (a local Bot API server may be used).
     api_base_url: str = "https://api.telegram.org/bot"
     api_file_base_url: str = "https://api.telegram.org/file/bot"
-    # Checked against X-Telegram-Bot-Api-Secret-Token on webhook calls.
+    # Checked against X-Telegram-Bot-Api-Secret-Token on webhook calls. When unset, a secret is derived
+    # from the bot token, so every worker registers and checks the same value.
     webhook_secret: SecretStr | None = None
+    webhook_path: str = "/webhooks/telegram"
     global_rate_per_s: float = Field(30.0, gt=0)
     per_chat_rate_per_s: float = Field(1.0, gt=0)
+    # A 429 is retried in place up to this many times while its retry_after is at most max_retry_after_s;
+    # beyond that the send fails as retryable and the outbox tries again later.
+    max_retries: int = Field(5, ge=0, le=20)
+    max_retry_after_s: float = Field(60.0, gt=0)
+    # Long-polling timeout of getUpdates (polling mode only).
+    poll_timeout_s: int = Field(25, ge=0, le=50)
+    # The cloud Bot API serves files up to 20 MB through getFile; a local Bot API server allows more.
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _telegram_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
 
     @property
     def enabled(self) -> bool:
@@ -127,7 +186,13 @@ class TelegramSettings(_Section):
 
 class WhatsAppTemplate(_Section):
     name: str
+    # Template language code used when the message's language has no entry in ``languages``.
     language: str = "ar"
+    # Our language ("ar", "en") -> the approved template's language code ("ar", "en_US", ...).
+    languages: dict[str, str] = {"ar": "ar", "en": "en"}
+    # Names of the body parameters of a named-parameter template, in the order of
+    # OutgoingMessage.template_params; empty for a positional ({{1}}, {{2}}) template.
+    params: tuple[str, ...] = ()
 
 
 class WhatsAppSettings(_Section):
@@ -137,9 +202,24 @@ class WhatsAppSettings(_Section):
     phone_number_id: str | None = None
     api_base_url: str = "https://graph.facebook.com"
     api_version: str = "v21.0"
+    webhook_path: str = "/webhooks/whatsapp"
     rate_per_s: float = Field(80.0, gt=0)
+    # Back-off on throughput errors (130429, 131056), 5xx and network errors: base * 2**attempt, capped.
+    max_retries: int = Field(5, ge=0, le=20)
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+    # Cloud API media limit (documents: 100 MB); larger media are refused before download.
+    max_media_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     # Approved templates for notices outside the 24-hour customer-service window.
     status_template: WhatsAppTemplate = WhatsAppTemplate(name="case_status_update")
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _whatsapp_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
 
     @property
     def enabled(self) -> bool:

@@ -19,6 +19,7 @@ from config import ConfigError, Settings, load_settings
 COMMAND_MODULES: tuple[str, ...] = (
     "tawasul.commands",
     "nlu.cli",
+    "nlu.rasa_cli",
     "core_backend.cli",
     "backend_client.cli",
     "tawasul.staff_cli",

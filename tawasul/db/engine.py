@@ -21,11 +21,18 @@ def ensure_sqlite_dir(url: str) -> None:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; busy_timeout makes concurrent writers wait instead of failing.
+    # The driver must not open transactions itself: we BEGIN IMMEDIATE (below) so two transactions never
+    # both read and then deadlock on upgrading to a write lock.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
@@ -36,6 +43,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
 
 

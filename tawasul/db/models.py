@@ -121,7 +121,8 @@ class CaseRecord(Base):
     last_status_notified: Mapped[str | None] = mapped_column(String(32))
     last_event_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     expected_response_by: Mapped[dt.date | None]
-    summary: Mapped[str | None] = mapped_column(String(200))
+    # The citizen's text, redacted of CPR numbers and phones (for staff review of misrouted cases).
+    description: Mapped[str | None] = mapped_column(Text)
     nlu: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

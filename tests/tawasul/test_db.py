@@ -71,8 +71,9 @@ async def test_conversation_optimistic_locking(db_url: str) -> None:
             s.add(Conversation(citizen_id=citizen.id, state="idle", data={}))
         # Two workers read version 1; the second write must fail instead of overwriting the first.
         async with db.sessions() as a, db.sessions() as b:
-            conv_a = (await a.execute(select(Conversation))).scalar_one()
             conv_b = (await b.execute(select(Conversation))).scalar_one()
+            await b.commit()  # b keeps its (now stale) copy: expire_on_commit is off
+            conv_a = (await a.execute(select(Conversation))).scalar_one()
             conv_a.state = "confirming"
             await a.commit()
             conv_b.state = "idle_again"

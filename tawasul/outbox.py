@@ -1,0 +1,271 @@
+"""Transactional outbox: side effects (replies, notifications, case filings, backend calls) are written in the
+same transaction as the state change that causes them, then delivered at least once by any worker.
+
+* Enqueue is idempotent on ``dedup_key`` (the same notice or filing is never queued twice).
+* Items that share an ``ordering_key`` (one citizen's messages) are delivered strictly in id order: an item is
+  claimable only when no earlier pending item with the same key exists.
+* A worker claims an item with a conditional UPDATE (a lease in ``locked_until``); on PostgreSQL the candidate
+  scan uses ``FOR UPDATE SKIP LOCKED`` so workers do not queue behind each other's rows. A crashed worker's
+  lease expires and another worker retries the item.
+* Failures back off exponentially with jitter; after ``max_attempts`` the item is ``dead`` (visible to staff,
+  retryable with ``retry_dead``).
+
+Hand-written rather than a job-queue library: the guarantee we need is "committed with the state change",
+which needs the queue inside our own database transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from config.settings import OutboxSettings
+from tawasul.db import Database
+from tawasul.db.models import OutboxItem, OutboxStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = dt.timedelta(seconds=60)
+
+
+class RetryLater(Exception):
+    """Temporary failure; retry after ``delay_s`` (or the computed backoff when None)."""
+
+    def __init__(self, reason: str, delay_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help (e.g. the citizen blocked the bot); the item goes to ``dead`` at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: dt.datetime
+
+
+JobHandler = Callable[[Job], Awaitable[None]]
+DeadHandler = Callable[[Job, str], Awaitable[None]]
+
+
+async def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    dedup_key: str,
+    ordering_key: str | None = None,
+    delay_s: float = 0.0,
+) -> None:
+    """Queue a job in the caller's transaction; a second job with the same dedup_key is ignored."""
+    values = {
+        "kind": kind,
+        "payload": dict(payload),
+        "dedup_key": dedup_key,
+        "ordering_key": ordering_key,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": utcnow() + dt.timedelta(seconds=delay_s),
+        "created_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(OutboxItem).values(**values)
+    await session.execute(stmt.on_conflict_do_nothing(index_elements=["dedup_key"]))
+
+
+class Outbox:
+    def __init__(self, db: Database, settings: OutboxSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self.handlers: dict[str, JobHandler] = {}
+        self.on_dead: dict[str, DeadHandler] = {}
+        self._wakeup = asyncio.Event()
+
+    def register(self, kind: str, handler: JobHandler, on_dead: DeadHandler | None = None) -> None:
+        self.handlers[kind] = handler
+        if on_dead is not None:
+            self.on_dead[kind] = on_dead
+
+    def wake(self) -> None:
+        """New work was committed: let the background loop look now instead of at its next tick."""
+        self._wakeup.set()
+
+    # -- claiming -------------------------------------------------------------------------------------
+    async def _claim_batch(self, limit: int, ordering_key: str | None) -> list[Job]:
+        """Lease up to ``limit`` due items in one transaction; other workers skip them."""
+        now = utcnow()
+        earlier = aliased(OutboxItem)
+        blocked = exists().where(
+            and_(
+                earlier.ordering_key == OutboxItem.ordering_key,
+                earlier.id < OutboxItem.id,
+                earlier.status == OutboxStatus.PENDING,
+            )
+        )
+        free = (OutboxItem.locked_until.is_(None)) | (OutboxItem.locked_until < now)
+        query = (
+            select(OutboxItem.id)
+            .where(
+                OutboxItem.status == OutboxStatus.PENDING,
+                OutboxItem.next_attempt_at <= now,
+                free,
+                (OutboxItem.ordering_key.is_(None)) | ~blocked,
+            )
+            .order_by(OutboxItem.id)
+            .limit(limit)
+        )
+        if ordering_key is not None:
+            query = query.where(OutboxItem.ordering_key == ordering_key)
+        if self.db.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=OutboxItem)
+        async with self.db.session() as session:
+            ids = list((await session.execute(query)).scalars())
+            if not ids:
+                return []
+            # The conditional UPDATE is what makes a claim exclusive (SQLite has no SKIP LOCKED).
+            rows = await session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id.in_(ids), OutboxItem.status == OutboxStatus.PENDING, free)
+                .values(locked_until=now + LEASE, attempts=OutboxItem.attempts + 1, updated_at=now)
+                .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.payload, OutboxItem.attempts,
+                           OutboxItem.created_at)
+            )
+            jobs = [Job(id=r[0], kind=r[1], payload=r[2], attempts=r[3], created_at=r[4]) for r in rows]
+        return sorted(jobs, key=lambda j: j.id)
+
+    # -- running --------------------------------------------------------------------------------------
+    async def run_due(self, *, limit: int = 50, ordering_key: str | None = None, max_rounds: int = 100) -> int:
+        """Deliver what is due now (optionally only one ordering key); return how many were handled.
+
+        Runs rounds until nothing is claimable, so a citizen's queued replies go out in one call.
+        """
+        handled = 0
+        for _ in range(max_rounds):
+            jobs = await self._claim_batch(limit, ordering_key)
+            if not jobs:
+                break
+            # A batch never holds two items of one ordering key (the later one is blocked), so the
+            # jobs are independent and can run concurrently.
+            await asyncio.gather(*(self._execute(job) for job in jobs))
+            handled += len(jobs)
+        return handled
+
+    async def _execute(self, job: Job) -> None:
+        handler = self.handlers.get(job.kind)
+        try:
+            if handler is None:
+                raise PermanentFailure(f"no handler for outbox kind {job.kind!r}")
+            await handler(job)
+        except RetryLater as exc:
+            await self._reschedule(job, str(exc), exc.delay_s)
+        except PermanentFailure as exc:
+            await self._dead(job, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any other failure is retried with backoff
+            log.warning("outbox job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__, exc_info=True)
+            await self._reschedule(job, f"{type(exc).__name__}: {exc}", None)
+        else:
+            await self._finish(job)
+
+    async def _finish(self, job: Job) -> None:
+        async with self.db.session() as session:
+            await session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id == job.id)
+                .values(status=OutboxStatus.DONE, locked_until=None, last_error=None, updated_at=utcnow())
+            )
+
+    def backoff(self, attempts: int) -> float:
+        base = self.settings.backoff_base_s * (2 ** max(0, attempts - 1))
+        return min(self.settings.backoff_max_s, base) * random.uniform(0.5, 1.0)
+
+    async def _reschedule(self, job: Job, error: str, delay_s: float | None) -> None:
+        if job.attempts >= self.settings.max_attempts:
+            await self._dead(job, error)
+            return
+        delay = self.backoff(job.attempts) if delay_s is None else delay_s
+        async with self.db.session() as session:
+            await session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id == job.id)
+                .values(
+                    locked_until=None,
+                    last_error=error[:2000],
+                    next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
+                    updated_at=utcnow(),
+                )
+            )
+
+    async def _dead(self, job: Job, error: str) -> None:
+        log.error("outbox job %s (%s) is dead after %d attempts: %s", job.id, job.kind, job.attempts, error)
+        async with self.db.session() as session:
+            await session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id == job.id)
+                .values(status=OutboxStatus.DEAD, locked_until=None, last_error=error[:2000], updated_at=utcnow())
+            )
+        on_dead = self.on_dead.get(job.kind)
+        if on_dead is not None:
+            try:
+                await on_dead(job, error)
+            except Exception:  # noqa: BLE001 - the item is already dead; the hook is best effort
+                log.exception("dead-letter hook for %s failed", job.kind)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_due()
+            except Exception:  # noqa: BLE001 - the database may be restarting; keep the loop alive
+                log.exception("outbox loop error; retrying")
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.poll_interval_s)
+            except TimeoutError:
+                pass
+
+    # -- operations -----------------------------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]:
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(OutboxItem.status, func.count(), func.min(OutboxItem.created_at)).group_by(
+                        OutboxItem.status
+                    )
+                )
+            ).all()
+        out: dict[str, Any] = {"pending": 0, "dead": 0, "done": 0, "oldest_pending_age_s": 0.0}
+        for status, count, oldest in rows:
+            out[str(status)] = int(count)
+            if status == OutboxStatus.PENDING and oldest is not None:
+                if oldest.tzinfo is None:
+                    oldest = oldest.replace(tzinfo=dt.UTC)
+                out["oldest_pending_age_s"] = (utcnow() - oldest).total_seconds()
+        return out
+
+    async def retry_dead(self, item_id: int | None = None) -> int:
+        """Put dead items back in the queue (staff action)."""
+        async with self.db.session() as session:
+            stmt = update(OutboxItem).where(OutboxItem.status == OutboxStatus.DEAD)
+            if item_id is not None:
+                stmt = stmt.where(OutboxItem.id == item_id)
+            result = await session.execute(
+                stmt.values(status=OutboxStatus.PENDING, attempts=0, next_attempt_at=utcnow(), locked_until=None)
+            )
+        self.wake()
+        return int(getattr(result, "rowcount", 0) or 0)
