@@ -177,7 +177,7 @@ class Outbox:
             await self._reschedule(job, str(exc), exc.delay_s)
         except PermanentFailure as exc:
             await self._dead(job, str(exc))
-        except Exception as exc:  # noqa: BLE001 - any other failure is retried with backoff
+        except Exception as exc:
             log.warning("outbox job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__, exc_info=True)
             await self._reschedule(job, f"{type(exc).__name__}: {exc}", None)
         else:
@@ -224,14 +224,14 @@ class Outbox:
         if on_dead is not None:
             try:
                 await on_dead(job, error)
-            except Exception:  # noqa: BLE001 - the item is already dead; the hook is best effort
+            except Exception:
                 log.exception("dead-letter hook for %s failed", job.kind)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self.run_due()
-            except Exception:  # noqa: BLE001 - the database may be restarting; keep the loop alive
+            except Exception:
                 log.exception("outbox loop error; retrying")
             self._wakeup.clear()
             try:

@@ -101,6 +101,8 @@ class MessageRecord(Base):
     nlu: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Delivery state reported by the platform (WhatsApp status callbacks): sent/delivered/read/failed.
     delivery_status: Mapped[str | None] = mapped_column(String(16))
+    # Why handling this message failed (kept so staff can see it; the citizen got a generic answer).
+    error: Mapped[str | None] = mapped_column(String(64))
     processed_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
