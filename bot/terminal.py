@@ -1,0 +1,138 @@
+"""A terminal channel for the citizen side: `tawasul shell` and `make run` without platform tokens.
+
+Buttons print as numbered choices, one per line (``1) تأكيد``); typing the number or the button's text
+presses it. ``/photo PATH`` and ``/file PATH`` attach a local file, ``/location TEXT`` or
+``/location LAT,LON`` sends a location. It reads stdin whether or not it is a TTY, so a scripted
+conversation can be piped in; at end of input it finishes (``finished`` is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import mimetypes
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from bot.channel import (
+    Attachment,
+    AttachmentKind,
+    Button,
+    IncomingMessage,
+    InputChannel,
+    Location,
+    MessageHandler,
+    OutgoingMessage,
+    OutputChannel,
+    numbered_choices,
+)
+
+SENDER = "local"
+
+
+class TerminalOutput(OutputChannel):
+    name = "terminal"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.buttons: list[Button] = []
+
+    async def send_text(self, recipient_id: str, text: str, *, language: str = "ar") -> None:
+        self._print(text)
+
+    async def send_buttons(self, recipient_id: str, text: str, buttons: Sequence[Button], *,
+                           language: str = "ar") -> None:
+        self.buttons = list(buttons)
+        self._print(f"{text}\n{numbered_choices(buttons)}")
+
+    async def send(self, recipient_id: str, message: OutgoingMessage) -> None:
+        if message.buttons:
+            await self.send_buttons(recipient_id, message.text, message.buttons, language=message.language)
+        else:
+            await self.send_text(recipient_id, message.text, language=message.language)
+
+    async def fetch_attachment(self, attachment: Attachment) -> bytes:
+        return await asyncio.to_thread(Path(attachment.ref).read_bytes)
+
+    def _print(self, text: str) -> None:
+        self.stream.write(f"\n{text}\n")
+        self.stream.flush()
+
+
+class TerminalChannel(InputChannel):
+    name = "terminal"
+
+    def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None, sender_id: str = SENDER) -> None:
+        self.stdin = stdin or sys.stdin
+        self.output = TerminalOutput(stdout)
+        self.sender_id = sender_id
+        self.finished = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._run_id = os.urandom(4).hex()
+
+    def output_channel(self) -> OutputChannel:
+        return self.output
+
+    async def start(self, handler: MessageHandler) -> None:
+        self._task = asyncio.create_task(self._loop(handler), name="terminal")
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.finished.set()
+
+    async def _loop(self, handler: MessageHandler) -> None:
+        interactive = self.stdin.isatty()
+        try:
+            while True:
+                if interactive:
+                    self.output.stream.write("> ")
+                    self.output.stream.flush()
+                line = await asyncio.to_thread(self.stdin.readline)
+                if not line:
+                    break
+                message = self.parse(line.rstrip("\r\n"))
+                if message is None:
+                    continue
+                if not interactive:  # echo scripted input so the transcript reads as a conversation
+                    self.output.stream.write(f"\n> {line.rstrip()}\n")
+                await handler(message, self.output)
+        finally:
+            self.finished.set()
+
+    def parse(self, line: str) -> IncomingMessage | None:
+        text = line.strip()
+        if not text:
+            return None
+        base = {"channel": self.name, "sender_id": self.sender_id,
+                "message_id": f"term:{self._run_id}:{next(self._ids)}"}
+        buttons = self.output.buttons
+        if text.isdigit() and 1 <= int(text) <= len(buttons):
+            return IncomingMessage(**base, button=buttons[int(text) - 1].payload)
+        for button in buttons:
+            if text.casefold() == button.title.casefold():
+                return IncomingMessage(**base, button=button.payload)
+        head, _, rest = text.partition(" ")
+        if head in ("/photo", "/file") and rest:
+            path = Path(rest.strip()).expanduser()
+            if not path.is_file():
+                self.output._print(f"(no such file: {path})")
+                return None
+            mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            kind = AttachmentKind.PHOTO if mime.startswith("image/") else AttachmentKind.DOCUMENT
+            att = Attachment(kind=kind, ref=str(path), mime_type=mime, size=path.stat().st_size,
+                             filename=path.name)
+            return IncomingMessage(**base, attachments=(att,))
+        if head == "/location" and rest:
+            lat, _, lon = rest.partition(",")
+            try:
+                return IncomingMessage(**base, location=Location(latitude=float(lat), longitude=float(lon)))
+            except ValueError:
+                return IncomingMessage(**base, location=Location(text=rest.strip()))
+        if text.startswith("/") and len(text) > 1 and " " not in text:
+            return IncomingMessage(**base, command=text[1:])
+        return IncomingMessage(**base, text=text)

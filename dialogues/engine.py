@@ -1,0 +1,395 @@
+"""The dialogue engine: the ``MessageHandler`` every channel calls, around the pure ``Policy``.
+
+A turn, in order:
+
+1. NLU runs outside any transaction (it is CPU work or an HTTP call).
+2. Transaction 1 stores the citizen and the inbound message. A message id seen before (a platform
+   re-delivery) stops here: it is never handled twice.
+3. Transaction 2, under the per-citizen lock (an ``asyncio.Lock`` in this process plus the conversation row
+   lock in the database, ``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), takes every
+   unprocessed inbound message of that citizen in arrival order, runs the policy, applies its effects,
+   writes the replies to the outbox and marks the message processed, all in one commit. A crash anywhere
+   leaves either nothing or everything of that turn; the sweeper picks up messages left unprocessed.
+4. The outbox delivers that citizen's replies at once (and any worker retries them later if that fails).
+
+Nothing a citizen sends is dropped silently: a message that makes the policy fail is answered with
+``error_generic`` and kept in the inbound log (with the error logged) so staff can look at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend_client.client import BackendClient
+from backend_client.models import StatusEvent
+from bot.channel import IncomingMessage, OutgoingMessage, OutputChannel, incoming_from_json
+from config.settings import Settings
+from dialogues.cases import (
+    BACKEND_RATE,
+    BACKEND_REPLY,
+    FILE_CASE,
+    SEND,
+    CaseService,
+    DbCaseDirectory,
+    ordering_key,
+    queue_message,
+)
+from dialogues.model import (
+    CitizenView,
+    ConversationData,
+    FileCase,
+    Outcome,
+    RateCase,
+    SendReply,
+    SetLanguage,
+    Turn,
+)
+from dialogues.policy import Policy
+from dialogues.states import DRAFT_STATES, State
+from dialogues.store import (
+    citizens_with_unprocessed,
+    insert_inbound,
+    lock_conversation,
+    next_unprocessed,
+    upsert_citizen,
+)
+from nlu.types import NLUResult, NLUUnavailable
+from tawasul.db import Database
+from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, ProcessedEvent, utcnow
+from tawasul.outbox import Outbox, enqueue
+from tawasul.privacy import mask_id
+
+log = logging.getLogger(__name__)
+
+
+class Parser(Protocol):
+    async def parse(self, text: str) -> NLUResult: ...
+
+
+class Metrics(Protocol):
+    """What the engine reports; the app wires Prometheus counters, tests a no-op."""
+
+    def turn(self, channel: str, outcome: str) -> None: ...
+
+
+class _NoMetrics:
+    def turn(self, channel: str, outcome: str) -> None:
+        return None
+
+
+class DialogueEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        nlu: Parser,
+        policy: Policy,
+        cases: CaseService,
+        outbox: Outbox,
+        status_backend: BackendClient | None,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.nlu = nlu
+        self.policy = policy
+        self.cases = cases
+        self.outbox = outbox
+        # Status checks read the backend inside the turn; this client has a short timeout and no retries,
+        # and the local mirror answers (marked stale) when the backend is slow or down.
+        self.status_backend = status_backend
+        self.clock = clock
+        self.metrics: Metrics = metrics or _NoMetrics()
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        outbox.register(SEND, cases.job_send)
+        outbox.register(FILE_CASE, cases.job_file_case, on_dead=cases.on_file_dead)
+        outbox.register(BACKEND_REPLY, cases.job_backend_reply)
+        outbox.register(BACKEND_RATE, cases.job_backend_rate)
+
+    # ------------------------------------------------------------------ the MessageHandler
+    async def handle(self, msg: IncomingMessage, output: OutputChannel) -> None:
+        """Persist, process and answer one inbound message. Safe to call again with the same message."""
+        self.cases.outputs.setdefault(msg.channel, output)
+        nlu_json = await self._parse(msg)
+        async with self.db.session() as session:
+            citizen, _ = await upsert_citizen(session, msg.channel, msg.sender_id)
+            fresh = await insert_inbound(session, citizen.id, msg, nlu_json)
+            if fresh:
+                citizen.last_inbound_at = self.clock()
+            citizen_id = citizen.id
+        if not fresh:
+            log.info("duplicate delivery of %s from %s ignored", msg.message_id, mask_id(msg.sender_id))
+            self.metrics.turn(msg.channel, "duplicate")
+            return
+        await self.process_citizen(citizen_id)
+        await self.deliver(citizen_id)
+
+    async def _parse(self, msg: IncomingMessage) -> dict[str, Any] | None:
+        text = (msg.text or "").strip()
+        if not text or msg.button or msg.command:
+            return None
+        try:
+            result = await self.nlu.parse(text[: self.settings.dialogue.max_text_chars])
+        except NLUUnavailable:
+            # The dialogue still works without NLU: the citizen picks type and agency from buttons.
+            log.warning("NLU unavailable; continuing without a prediction")
+            return None
+        return result.to_dict()
+
+    async def deliver(self, citizen_id: int) -> None:
+        """Deliver what is queued for this citizen now; failures stay queued for the background loop."""
+        try:
+            await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
+            await self.outbox.run_due(ordering_key=f"file:{citizen_id}")
+            await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
+        except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
+            log.exception("inline delivery failed; the outbox loop will retry")
+
+    # ------------------------------------------------------------------ turns
+    def _lock(self, citizen_id: int) -> asyncio.Lock:
+        lock = self._locks.get(citizen_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[citizen_id] = lock
+        return lock
+
+    async def process_citizen(self, citizen_id: int) -> int:
+        """Handle every unprocessed inbound message of one citizen, oldest first. Returns how many."""
+        handled = 0
+        async with self._lock(citizen_id):
+            while True:
+                done = await self._process_one(citizen_id)
+                if not done:
+                    return handled
+                handled += 1
+
+    async def _process_one(self, citizen_id: int) -> bool:
+        try:
+            async with self.db.session() as session:
+                conv = await lock_conversation(session, citizen_id)
+                record = await next_unprocessed(session, citizen_id)
+                if record is None:
+                    return False
+                citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
+                now = self.clock()
+                if await self._flooded(session, citizen, record, now):
+                    record.processed_at = now
+                    return True
+                await self._expire_if_idle(session, citizen, conv, now)
+                await self._turn(session, citizen, conv, record, now)
+                return True
+        except Exception:
+            log.exception("turn failed for citizen %s; answering with a generic error", citizen_id)
+            await self._fail_turn(citizen_id)
+            return True
+
+    async def _turn(self, session: AsyncSession, citizen: Citizen, conv: Conversation, record: MessageRecord,
+                    now: dt.datetime) -> None:
+        msg = incoming_from_json(record.payload)
+        nlu = NLUResult.from_dict(record.nlu) if record.nlu else None
+        view = _view(citizen, first_contact=not conv.data.get("welcomed", False) and conv.state == State.IDLE,
+                     default=self.settings.dialogue.default_language)
+        state = _state(conv.state)
+        data = ConversationData.from_json(conv.data)
+        directory = DbCaseDirectory(session, self.status_backend)
+        outcome = await self.policy.step(view, state, data, Turn(msg, nlu, now), directory)
+        lang = await self._apply_effects(session, citizen, view, outcome, record)
+        for i, reply in enumerate(outcome.replies):
+            await queue_message(session, view, reply, dedup_key=f"out:{record.id}:{i}")
+        conv.state = str(outcome.state)
+        conv.data = outcome.data.to_json()
+        conv.last_activity_at = now
+        record.processed_at = now
+        self.metrics.turn(citizen.channel, _outcome_label(outcome))
+        log.debug("turn %s: %s -> %s (%s)", record.id, state, outcome.state, lang)
+
+    async def _apply_effects(self, session: AsyncSession, citizen: Citizen, view: CitizenView, outcome: Outcome,
+                             record: MessageRecord) -> str:
+        lang = view.language
+        for effect in outcome.effects:
+            if isinstance(effect, SetLanguage):
+                citizen.language = effect.language
+                citizen.language_locked = citizen.language_locked or effect.locked
+                lang = effect.language
+            elif isinstance(effect, FileCase):
+                await self.cases.register_filing(session, view, effect.draft, effect.draft.language,
+                                                 record.platform_message_id or str(record.id))
+            elif isinstance(effect, SendReply):
+                await enqueue(
+                    session, BACKEND_REPLY,
+                    {"reference": effect.reference, "text": effect.text,
+                     "attachments": [asdict(a) for a in effect.attachments],
+                     "channel": citizen.channel, "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
+                     "language": lang},
+                    dedup_key=f"reply:{record.id}", ordering_key=f"file:{citizen.id}",
+                )
+            elif isinstance(effect, RateCase):
+                await enqueue(
+                    session, BACKEND_RATE,
+                    {"reference": effect.reference, "score": effect.score, "comment": effect.comment},
+                    dedup_key=f"rate:{record.id}", ordering_key=f"file:{citizen.id}",
+                )
+        return lang
+
+    async def _flooded(self, session: AsyncSession, citizen: Citizen, record: MessageRecord,
+                       now: dt.datetime) -> bool:
+        """One citizen may not starve the others: past the per-minute limit, messages are kept but
+        answered with one polite notice per minute instead of being processed."""
+        limit = self.settings.dialogue.flood_limit_per_minute
+        since = now - dt.timedelta(minutes=1)
+        count = (await session.execute(
+            select(func.count()).select_from(MessageRecord).where(
+                MessageRecord.citizen_id == citizen.id, MessageRecord.direction == MessageDirection.IN,
+                MessageRecord.created_at >= since, MessageRecord.id <= record.id)
+        )).scalar_one()
+        if count <= limit:
+            return False
+        lang = citizen.language or self.settings.dialogue.default_language
+        view = _view(citizen, first_contact=False, default=self.settings.dialogue.default_language)
+        minute = now.strftime("%Y%m%d%H%M")
+        await queue_message(session, view, OutgoingMessage(text=self.policy.t(lang, "flood"), language=lang),
+                            dedup_key=f"flood:{citizen.id}:{minute}")
+        log.info("flood limit reached for %s", mask_id(citizen.channel_user_id))
+        self.metrics.turn(citizen.channel, "flood")
+        return True
+
+    async def _expire_if_idle(self, session: AsyncSession, citizen: Citizen, conv: Conversation,
+                              now: dt.datetime) -> bool:
+        """Close a conversation idle past the timeout: the draft is kept to resume, the citizen told once."""
+        idle = dt.timedelta(minutes=self.settings.dialogue.idle_timeout_minutes)
+        last = _aware(conv.last_activity_at)
+        if conv.state == State.IDLE or last is None or now - last < idle:
+            return False
+        data = ConversationData.from_json(conv.data)
+        has_draft = data.draft is not None and _state(conv.state) in DRAFT_STATES
+        if has_draft:
+            data.saved_draft, data.draft = data.draft, None
+        data.info_reference = data.rating_reference = None
+        data.rating_score = None
+        conv.state = str(State.IDLE)
+        conv.data = data.to_json()
+        conv.last_activity_at = now
+        lang = citizen.language or self.settings.dialogue.default_language
+        view = _view(citizen, first_contact=False, default=self.settings.dialogue.default_language)
+        await queue_message(session, view, self.policy.timeout_notice(lang, has_draft),
+                            dedup_key=f"timeout:{citizen.id}:{conv.version}:{last.isoformat()}")
+        self.metrics.turn(citizen.channel, "timeout")
+        return True
+
+    async def _fail_turn(self, citizen_id: int) -> None:
+        """Mark the message that failed as processed (so it cannot wedge the conversation) and say so."""
+        try:
+            async with self.db.session() as session:
+                record = await next_unprocessed(session, citizen_id)
+                if record is None:
+                    return
+                citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
+                record.processed_at = self.clock()
+                record.error = "policy_error"
+                lang = citizen.language or self.settings.dialogue.default_language
+                view = _view(citizen, first_contact=False, default=self.settings.dialogue.default_language)
+                await queue_message(session, view,
+                                    OutgoingMessage(text=self.policy.t(lang, "error_generic"), language=lang),
+                                    dedup_key=f"error:{record.id}")
+            self.metrics.turn("unknown", "error")
+        except Exception:  # the database itself is failing: the sweeper retries the message later
+            log.exception("could not record the failed turn of citizen %s", citizen_id)
+            raise
+
+    # ------------------------------------------------------------------ background sweeps
+    async def sweep(self) -> int:
+        """Recover unprocessed inbound messages (a worker died mid-turn) and close idle conversations."""
+        now = self.clock()
+        async with self.db.session() as session:
+            stuck = await citizens_with_unprocessed(session, older_than=now - dt.timedelta(seconds=10))
+            idle_before = now - dt.timedelta(minutes=self.settings.dialogue.idle_timeout_minutes)
+            idle = list((await session.execute(
+                select(Conversation.citizen_id).where(Conversation.state != str(State.IDLE),
+                                                      Conversation.last_activity_at < idle_before).limit(200)
+            )).scalars())
+        for citizen_id in stuck:
+            await self.process_citizen(citizen_id)
+            await self.deliver(citizen_id)
+        for citizen_id in idle:
+            async with self._lock(citizen_id):
+                async with self.db.session() as session:
+                    conv = await lock_conversation(session, citizen_id)
+                    citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
+                    await self._expire_if_idle(session, citizen, conv, self.clock())
+            await self.deliver(citizen_id)
+        return len(stuck) + len(idle)
+
+    async def run_sweeper(self, stop: asyncio.Event, interval_s: float = 15.0) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            except TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ backend events
+    async def on_backend_event(self, event: StatusEvent) -> None:
+        """A status change from the core backend (webhook or poll): applied once per event id, in one
+        transaction with the notice it causes (``CaseService.on_event``), then delivered."""
+        citizen_id = await self.cases.on_event(event)
+        if citizen_id is not None:
+            await self.deliver(citizen_id)
+
+
+class DbEventLedger:
+    """``EventLedger`` over ``processed_events``. The row is written by ``on_backend_event`` in the same
+    step that handles the event (so a crash in between cannot lose one); ``seen_before`` is a cheap
+    pre-check and ``mark`` has nothing left to do."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def seen_before(self, event_id: str) -> bool:
+        async with self.db.session() as session:
+            found = (await session.execute(
+                select(ProcessedEvent.event_id).where(ProcessedEvent.event_id == event_id))).first()
+        return found is not None
+
+    async def mark(self, event_id: str) -> None:
+        return None
+
+
+def _view(citizen: Citizen, *, first_contact: bool, default: str) -> CitizenView:
+    return CitizenView(id=citizen.id, channel=citizen.channel, channel_user_id=citizen.channel_user_id,
+                       language=citizen.language or default, language_locked=citizen.language_locked,
+                       first_contact=first_contact)
+
+
+def _state(value: str) -> State:
+    try:
+        return State(value)
+    except ValueError:  # a state removed in a newer release: start over rather than fail every turn
+        return State.IDLE
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    for effect in outcome.effects:
+        if isinstance(effect, FileCase):
+            return "corrected" if effect.draft.corrected else "filed"
+    return "turn"
+
