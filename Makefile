@@ -2,14 +2,15 @@ PY311 ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench bench-nlu browser clean
 
 setup: $(STAMP)
 
 # Reinstall when the project metadata changes (a "stale" venv).
 $(STAMP): pyproject.toml
-	@$(PY311) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	@$(PY311) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
 	test -x $(BIN)/python || $(PY311) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first: the CPU wheel on this disk; otherwise a dependency would pull a multi-GB CUDA build.
@@ -17,18 +18,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's Chromium for the staff console's browser tests (Playwright's own browser download is not used).
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+
 run: setup
 	$(BIN)/tawasul run
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy tawasul bot nlu dialogues backend_client config
+	$(BIN)/mypy tawasul bot nlu dialogues backend_client core_backend config
 
 bench: setup
-	@echo "no benchmarks yet"
+	$(BIN)/python benchmarks/bench_nlu_embedded.py
 
 clean:
 	rm -rf $(VENV)

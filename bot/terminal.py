@@ -9,6 +9,7 @@ conversation can be piped in; at end of input it finishes (``finished`` is set).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import mimetypes
 import os
@@ -136,3 +137,68 @@ class TerminalChannel(InputChannel):
         if text.startswith("/") and len(text) > 1 and " " not in text:
             return IncomingMessage(**base, command=text[1:])
         return IncomingMessage(**base, text=text)
+
+
+async def remote_shell(base_url: str, stdin: TextIO | None = None, stdout: TextIO | None = None,
+                       sender_id: str | None = None) -> int:
+    """The same terminal chat, attached to a service already running at ``base_url`` (its web chat API),
+    so `tawasul shell` talks to the running bot instead of starting a second one."""
+    import aiohttp
+
+    stdin = stdin or sys.stdin
+    out = TerminalOutput(stdout)
+    sender = sender_id or f"shell-{os.urandom(6).hex()}"
+    helper = TerminalChannel(stdin=stdin, stdout=out.stream, sender_id=sender)
+    helper.output = out
+    interactive = stdin.isatty()
+
+    async def show(messages: list[dict[str, object]]) -> None:
+        for m in messages:
+            raw = m.get("buttons")
+            buttons = tuple(Button(str(b["title"]), str(b["payload"])) for b in raw if isinstance(b, dict)) \
+                if isinstance(raw, list) else ()
+            await out.send(sender, OutgoingMessage(text=str(m.get("text", "")), buttons=buttons))
+
+    async with aiohttp.ClientSession(base_url) as http:
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(2)
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get("/chat/api/poll", params={"sender": sender}) as resp:
+                        await show((await resp.json()).get("messages", []))
+
+        poller = asyncio.create_task(poll()) if interactive else None
+        try:
+            while True:
+                if interactive:
+                    out.stream.write("> ")
+                    out.stream.flush()
+                line = await asyncio.to_thread(stdin.readline)
+                if not line:
+                    break
+                msg = helper.parse(line.rstrip("\r\n"))
+                if msg is None:
+                    continue
+                if msg.attachments or msg.location:
+                    out._print("(attachments and locations need the local shell: run it without a service)")
+                    continue
+                if not interactive:
+                    out.stream.write(f"\n> {line.rstrip()}\n")
+                body = {"sender": sender, "id": msg.message_id.replace(":", "-"), "text": msg.text,
+                        "button": msg.button}
+                if msg.command:
+                    body["text"] = f"/{msg.command}"
+                async with http.post("/chat/api/send", json=body) as resp:
+                    data = await resp.json()
+                    if resp.status >= 400:
+                        out._print(f"(error: {data.get('error', {}).get('message', resp.status)})")
+                        continue
+                    await show(data.get("messages", []))
+            # Scripted input: collect what arrives shortly after the last message (a late reference).
+            await asyncio.sleep(0.5)
+            async with http.get("/chat/api/poll", params={"sender": sender}) as resp:
+                await show((await resp.json()).get("messages", []))
+        finally:
+            if poller is not None:
+                poller.cancel()
+    return 0

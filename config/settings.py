@@ -75,6 +75,8 @@ class NLUSettings(_Section):
     rasa_timeout_s: float = Field(2.0, gt=0)
     # Embedded engine. Training data (Rasa 3 NLU YAML); reviewed/ under it is training-only.
     data_dir: Path = PROJECT_DIR / "nlu" / "data"
+    # Staff-reviewed examples (the staff console writes *.yml here): always trained on, never held out.
+    reviewed_data_dir: Path = PROJECT_DIR / "var" / "nlu" / "reviewed"
     # Share of hand-written examples held out for evaluation, chosen by hash (stable across runs).
     heldout_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     split_salt: str = "tawasul-nlu-split-v1"
@@ -92,7 +94,8 @@ class BackendSettings(_Section):
     # "embedded" runs the reference core backend inside this process; "remote" talks to `url`.
     mode: Literal["embedded", "remote"] = "embedded"
     url: str = "http://127.0.0.1:8090"
-    # Port the reference backend binds when run standalone (`tawasul backend serve`).
+    # Address the reference backend binds (standalone `tawasul backend serve`, and embedded under `make run`).
+    host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)
     timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=0, le=10)
@@ -112,6 +115,7 @@ class BackendSettings(_Section):
     events_webhook_url: str | None = "http://127.0.0.1:8080/backend/events"
     webhook_retry_base_s: float = Field(1.0, gt=0)
     webhook_retry_max_s: float = Field(300.0, gt=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
     # Reference backend only: largest attachment accepted (413 beyond).
     max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
 
@@ -161,12 +165,18 @@ class TelegramSettings(_Section):
     # from the bot token, so every worker registers and checks the same value.
     webhook_secret: SecretStr | None = None
     webhook_path: str = "/webhooks/telegram"
+    # "auto": a webhook under server.public_url when that is set, else getUpdates polling.
+    mode: Literal["auto", "polling", "webhook"] = "auto"
     global_rate_per_s: float = Field(30.0, gt=0)
     per_chat_rate_per_s: float = Field(1.0, gt=0)
+    # Messages one chat may receive back to back before the per-chat spacing applies (a split reply).
+    per_chat_burst: int = Field(3, ge=1, le=20)
     # A 429 is retried in place up to this many times while its retry_after is at most max_retry_after_s;
-    # beyond that the send fails as retryable and the outbox tries again later.
+    # beyond that the send fails as retryable (DeliveryFailed.retry_after) and the outbox tries again later.
     max_retries: int = Field(5, ge=0, le=20)
-    max_retry_after_s: float = Field(60.0, gt=0)
+    max_retry_after_s: float = Field(10.0, gt=0)
+    # On shutdown, updates already taken are finished; work still running after this is cancelled.
+    drain_timeout_s: float = Field(30.0, gt=0)
     # Long-polling timeout of getUpdates (polling mode only).
     poll_timeout_s: int = Field(25, ge=0, le=50)
     # The cloud Bot API serves files up to 20 MB through getFile; a local Bot API server allows more.
@@ -208,11 +218,20 @@ class WhatsAppSettings(_Section):
     max_retries: int = Field(5, ge=0, le=20)
     retry_base_s: float = Field(1.0, gt=0)
     retry_max_s: float = Field(60.0, gt=0)
+    # Back-off waits up to this long happen inside the send; a longer one fails the send as retryable
+    # (DeliveryFailed.retry_after) so the outbox reschedules it instead of holding a worker.
+    max_inline_wait_s: float = Field(10.0, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
     # Cloud API media limit (documents: 100 MB); larger media are refused before download.
     max_media_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     # Approved templates for notices outside the 24-hour customer-service window.
     status_template: WhatsAppTemplate = WhatsAppTemplate(name="case_status_update")
+    # The customer-service window, and how close to its end a notice already goes as a template.
+    window_hours: float = Field(24.0, gt=0)
+    window_margin_s: float = Field(300.0, ge=0)
+    # Send read receipts (blue ticks) for inbound messages.
+    mark_read: bool = True
+    drain_timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("webhook_path")
     @classmethod
@@ -223,20 +242,47 @@ class WhatsAppSettings(_Section):
 
     @property
     def enabled(self) -> bool:
+        """Sending works: an access token and a phone number id."""
+        return bool(self.access_token and self.access_token.get_secret_value() and self.phone_number_id)
+
+    @property
+    def webhook_enabled(self) -> bool:
+        """Receiving works: the app secret (signatures) and the verify token (subscription handshake)."""
         return bool(
-            self.access_token
-            and self.access_token.get_secret_value()
-            and self.phone_number_id
-            and self.app_secret
-            and self.verify_token
+            self.app_secret and self.app_secret.get_secret_value()
+            and self.verify_token and self.verify_token.get_secret_value()
         )
 
 
 class StaffSettings(_Section):
     session_hours: int = Field(8, ge=1)
+    # After this many failed sign-ins in a row the account is locked for lockout_minutes.
     lockout_attempts: int = Field(5, ge=1)
     lockout_minutes: int = Field(15, ge=1)
+    # Mark session cookies Secure. They are also Secure whenever a request arrives over https (directly or
+    # with X-Forwarded-Proto: https from the reverse proxy).
     secure_cookies: bool = False
+    min_password_length: int = Field(10, ge=8, le=128)
+    # argon2id cost (RFC 9106 "low memory" profile by default). Existing hashes are upgraded at sign-in
+    # when these change.
+    password_hash_time_cost: int = Field(3, ge=1, le=20)
+    password_hash_memory_kib: int = Field(65536, ge=8192, le=4 * 1024 * 1024)
+    page_size: int = Field(25, ge=5, le=500)
+    # Interface language when the staff member has not chosen one.
+    default_language: Literal["ar", "en"] = "ar"
+    # Dates in the console are shown and filtered in this time zone (IANA name).
+    timezone: str = "Asia/Bahrain"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class Settings(_Section):
@@ -270,6 +316,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "TELEGRAM_API_BASE_URL": ("telegram", "api_base_url"),
     "TELEGRAM_API_FILE_BASE_URL": ("telegram", "api_file_base_url"),
     "TELEGRAM_WEBHOOK_SECRET": ("telegram", "webhook_secret"),
+    "TELEGRAM_MODE": ("telegram", "mode"),
     "WHATSAPP_ACCESS_TOKEN": ("whatsapp", "access_token"),
     "WHATSAPP_APP_SECRET": ("whatsapp", "app_secret"),
     "WHATSAPP_VERIFY_TOKEN": ("whatsapp", "verify_token"),

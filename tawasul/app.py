@@ -156,26 +156,27 @@ class Service:
         from bot.webchat import WebChatChannel
 
         channels: list[InputChannel] = [WebChatChannel()]
-        try:
-            from bot.factory import build_channels, describe_disabled
-        except ModuleNotFoundError:  # pragma: no cover - channels package not built yet
-            build_channels = None
-        if build_channels is not None:
-            channels.extend(build_channels(settings, self.http))
-            for line in describe_disabled(settings):
-                log.info("%s", line)
+        from bot.factory import build_channels, describe_disabled
+        from tawasul.channel_state import DbWindowTracker, DeliveryLog
+
+        receipts = DeliveryLog(self.db)
+        channels.extend(build_channels(settings, self.http, db=self.db, window_tracker=DbWindowTracker(self.db),
+                                       on_status=receipts.on_status, on_sent=receipts.on_sent))
+        for line in describe_disabled(settings):
+            log.info("%s", line)
         channels.extend(self._extra_channels)
         self.channels = channels
         for channel in channels:
             self.outputs[channel.name] = channel.output_channel()
             channel.add_routes(app, self.engine.handle)
 
-        with contextlib.suppress(ModuleNotFoundError):
-            from staff_console import StaffDeps, create_app
+        from staff_console import StaffDeps, create_app
 
-            deps = StaffDeps(settings=settings, sessionmaker=self.db.sessions, nlu_reload=self._reload_nlu,
-                             registry_dir=settings.nlu.model_dir)
-            app.add_subapp("/staff", create_app(deps))
+        deps = StaffDeps(settings=settings, sessionmaker=self.db.sessions, nlu_reload=self._reload_nlu,
+                         registry_dir=settings.nlu.model_dir)
+        app.router.add_get("/staff", _redirect_to("/staff/"))
+        app.router.add_get("/", _redirect_to("/chat"))
+        app.add_subapp("/staff", create_app(deps))
 
     async def _reload_nlu(self) -> None:
         reload: Callable[[], Awaitable[None] | None] | None = getattr(self.nlu, "reload", None)
@@ -296,6 +297,13 @@ class _MeasuredParser:
         return result
 
 
+def _redirect_to(location: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(location)
+
+    return handler
+
+
 def _free_port() -> int:
     import socket
 
@@ -308,7 +316,7 @@ def _host_for_url(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
-async def run_service(settings: Settings, *, shell: bool = True) -> int:
+async def run_service(settings: Settings, *, shell: bool = True, force_terminal: bool = False) -> int:
     """`tawasul run`: serve until interrupted; with no platform tokens, attach the terminal chat."""
     from tawasul.logging import setup_logging
 
@@ -316,7 +324,7 @@ async def run_service(settings: Settings, *, shell: bool = True) -> int:
     terminal = None
     telegram_on = settings.telegram.bot_token is not None
     whatsapp_on = settings.whatsapp.access_token is not None and settings.whatsapp.phone_number_id
-    use_terminal = shell and not telegram_on and not whatsapp_on
+    use_terminal = force_terminal or (shell and not telegram_on and not whatsapp_on)
     channels: list[InputChannel] = []
     if use_terminal:
         from bot.terminal import TerminalChannel
@@ -356,12 +364,9 @@ def _print_banner(service: Service, settings: Settings, terminal: bool) -> None:
         f"  health:         {service.url}/healthz  ·  {service.url}/readyz  ·  {service.url}/metrics",
         f"  core backend:   {service.backend.base_url if service.backend else '-'} ({settings.backend.mode})",
     ]
-    try:
-        from bot.factory import describe_disabled
+    from bot.factory import describe_disabled
 
-        lines.extend(f"  {line}" for line in describe_disabled(settings))
-    except ModuleNotFoundError:  # pragma: no cover
-        pass
+    lines.extend(f"  {line}" for line in describe_disabled(settings))
     if terminal:
         lines.append("Terminal chat: type a message (Arabic or English); numbers press buttons; Ctrl-D quits.")
     print("\n".join(lines), file=sys.stderr, flush=True)

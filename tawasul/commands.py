@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from config import Settings
@@ -35,7 +36,32 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run_service(settings, shell=not args.no_shell))
 
 
+def _shell(settings: Settings, args: argparse.Namespace) -> int:
+    """Attach to the running service when one answers; otherwise start one on embedded defaults."""
+    from bot.terminal import remote_shell
+    from tawasul.app import run_service
+
+    url = args.url or f"http://{settings.server.host}:{settings.server.port}"
+    if _alive(url):
+        print(f"attached to the service at {url}", file=sys.stderr)
+        return asyncio.run(remote_shell(url))
+    return asyncio.run(run_service(settings, shell=True, force_terminal=True))
+
+
+def _alive(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser("shell", help="chat with the bot in this terminal, as a citizen")
+    p.add_argument("--url", help="a running service to attach to (default: this configuration's server)")
+    p.set_defaults(func=_shell)
     p = sub.add_parser("run", help="run the service (webhooks, web, staff console, outbox)")
     p.add_argument("--no-shell", action="store_true", help="do not attach the terminal chat")
     p.set_defaults(func=_run)

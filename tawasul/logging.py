@@ -18,7 +18,7 @@ _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
 class RedactingLogRecord(logging.LogRecord):
-    def getMessage(self) -> str:  # noqa: N802 - logging's API
+    def getMessage(self) -> str:
         return redact(super().getMessage())
 
 

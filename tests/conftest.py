@@ -77,3 +77,20 @@ async def unused_port() -> AsyncIterator[int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield port
+
+
+@pytest.fixture(scope="session")
+def trained_nlu_dir() -> Path:
+    """A promoted NLU model for integration tests, retrained when the training data changed."""
+    from config.settings import Settings
+    from nlu.dataset import load_dataset
+    from nlu.registry import ModelRegistry
+    from nlu.training import train_model
+    from tests.support import TEST_MODEL_DIR
+
+    settings = Settings()
+    settings = settings.model_copy(update={"nlu": settings.nlu.model_copy(update={"model_dir": TEST_MODEL_DIR})})
+    current = ModelRegistry(TEST_MODEL_DIR).current()
+    if current is None or current.data_hash != load_dataset(settings).data_hash:
+        train_model(settings, promote=True)
+    return TEST_MODEL_DIR
