@@ -32,7 +32,7 @@ test: setup browser
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy tawasul bot nlu dialogues backend_client core_backend config
+	$(BIN)/mypy tawasul bot nlu dialogues backend_client core_backend staff_console config
 
 bench: setup
 	$(BIN)/python benchmarks/bench_nlu_embedded.py

@@ -196,13 +196,13 @@ class InputChannel(abc.ABC):
     def output_channel(self) -> OutputChannel:
         """The output side paired with this input."""
 
-    def add_routes(self, app: Any, handler: MessageHandler) -> None:  # noqa: B027 - optional hook
+    def add_routes(self, app: Any, handler: MessageHandler) -> None:
         """Register webhook routes on the aiohttp application (``aiohttp.web.Application``)."""
 
-    async def start(self, handler: MessageHandler) -> None:  # noqa: B027 - optional hook
+    async def start(self, handler: MessageHandler) -> None:
         """Start background work (polling); the default has none."""
 
-    async def stop(self) -> None:  # noqa: B027 - optional hook
+    async def stop(self) -> None:
         """Stop background work."""
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.channel import (
     Attachment,
@@ -109,14 +109,17 @@ class TerminalChannel(InputChannel):
         text = line.strip()
         if not text:
             return None
-        base = {"channel": self.name, "sender_id": self.sender_id,
-                "message_id": f"term:{self._run_id}:{next(self._ids)}"}
+        message_id = f"term:{self._run_id}:{next(self._ids)}"
+
+        def new(**fields: Any) -> IncomingMessage:
+            return IncomingMessage(channel=self.name, sender_id=self.sender_id, message_id=message_id, **fields)
+
         buttons = self.output.buttons
         if text.isdigit() and 1 <= int(text) <= len(buttons):
-            return IncomingMessage(**base, button=buttons[int(text) - 1].payload)
+            return new(button=buttons[int(text) - 1].payload)
         for button in buttons:
             if text.casefold() == button.title.casefold():
-                return IncomingMessage(**base, button=button.payload)
+                return new(button=button.payload)
         head, _, rest = text.partition(" ")
         if head in ("/photo", "/file") and rest:
             path = Path(rest.strip()).expanduser()
@@ -127,16 +130,16 @@ class TerminalChannel(InputChannel):
             kind = AttachmentKind.PHOTO if mime.startswith("image/") else AttachmentKind.DOCUMENT
             att = Attachment(kind=kind, ref=str(path), mime_type=mime, size=path.stat().st_size,
                              filename=path.name)
-            return IncomingMessage(**base, attachments=(att,))
+            return new(attachments=(att,))
         if head == "/location" and rest:
             lat, _, lon = rest.partition(",")
             try:
-                return IncomingMessage(**base, location=Location(latitude=float(lat), longitude=float(lon)))
+                return new(location=Location(latitude=float(lat), longitude=float(lon)))
             except ValueError:
-                return IncomingMessage(**base, location=Location(text=rest.strip()))
+                return new(location=Location(text=rest.strip()))
         if text.startswith("/") and len(text) > 1 and " " not in text:
-            return IncomingMessage(**base, command=text[1:])
-        return IncomingMessage(**base, text=text)
+            return new(command=text[1:])
+        return new(text=text)
 
 
 async def remote_shell(base_url: str, stdin: TextIO | None = None, stdout: TextIO | None = None,

@@ -82,7 +82,7 @@ class NLUSettings(_Section):
     split_salt: str = "tawasul-nlu-split-v1"
     # Examples whose normalised word sets overlap at least this much (Jaccard) stay on one side of the split.
     near_duplicate_jaccard: float = Field(0.6, gt=0.0, le=1.0)
-    # Longer messages are cut to this many characters for the classifiers (entities still see all of it).
+    # Longer messages are cut to this many characters for the classifiers (entities look at the first 20,000).
     max_model_chars: int = Field(1000, ge=50)
     # Weight of an explicit agency mention against the topic model (0 = ignore mentions, 1 = mention only).
     explicit_agency_weight: float = Field(0.7, ge=0.0, le=1.0)

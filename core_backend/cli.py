@@ -36,7 +36,7 @@ async def _serve_async(settings: Settings, args: argparse.Namespace) -> int:
             f"tawasul: cannot listen on {backend.host}:{backend.port}: {exc.strerror or exc}", file=sys.stderr
         )
         return 1
-    except Exception as exc:  # noqa: BLE001 - the database driver's own errors (unreachable, missing, refused)
+    except Exception as exc:
         db = make_url(cfg.database_url).render_as_string(hide_password=True)
         reason = " ".join(str(exc).split())[:200]
         print(

@@ -322,11 +322,10 @@ class DialogueEngine:
             await self.process_citizen(citizen_id)
             await self.deliver(citizen_id)
         for citizen_id in idle:
-            async with self._lock(citizen_id):
-                async with self.db.session() as session:
-                    conv = await lock_conversation(session, citizen_id)
-                    citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
-                    await self._expire_if_idle(session, citizen, conv, self.clock())
+            async with self._lock(citizen_id), self.db.session() as session:
+                conv = await lock_conversation(session, citizen_id)
+                citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
+                await self._expire_if_idle(session, citizen, conv, self.clock())
             await self.deliver(citizen_id)
         return len(stuck) + len(idle)
 

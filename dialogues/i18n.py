@@ -26,7 +26,8 @@ class Catalog:
             data = yaml.safe_load((directory / f"{lang}.yml").read_text(encoding="utf-8"))
             texts[lang] = {str(k): str(v) for k, v in data.items()}
         keys = [set(t) for t in texts.values()]
-        missing = set.union(*keys) - set.intersection(*keys)
+        everywhere = set(keys[0]).intersection(*keys[1:])
+        missing = set().union(*keys) - everywhere
         if missing:  # caught at start-up, not in front of a citizen
             raise ValueError(f"message keys missing in some language: {sorted(missing)}")
         return cls(texts)

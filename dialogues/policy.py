@@ -447,11 +447,12 @@ class Policy:
             draft.type = button[5:]
             return self._after_draft_update(ctx)
         nlu = ctx.turn.nlu
-        if nlu is not None and not button and ctx.turn.message.text:
-            # Typed answer ("شكوى", "it's a suggestion"): accept a confident type.
-            if nlu.type is not None and nlu.type_confidence >= 0.7 and len(ctx.turn.message.text.split()) <= 3:
-                draft.type = str(nlu.type)
-                return self._after_draft_update(ctx)
+        typed = ctx.turn.message.text
+        # A typed answer ("شكوى", "it's a suggestion"): accept a confident type.
+        if (nlu is not None and not button and typed and nlu.type is not None and nlu.type_confidence >= 0.7
+                and len(typed.split()) <= 3):
+            draft.type = str(nlu.type)
+            return self._after_draft_update(ctx)
         ctx.say("not_understood_button" if button else "choose_type")
         return self._prompt_type(ctx) if button else ctx.stay(State.CHOOSE_TYPE, reprompt=self._prompt_type)
 

@@ -116,8 +116,8 @@ def safe_next(request: web.Request, target: str | None) -> str | None:
 def wants_json(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return (
-        "application/json" in accept
-        and "text/html" not in accept
+        ("application/json" in accept
+        and "text/html" not in accept)
         or request.content_type == "application/json"
     )
 
@@ -232,8 +232,8 @@ def redirect(location: str, msg: str | None = None, n: Any = None) -> web.Respon
 def error_response(request: web.Request, status: int, key: str) -> web.Response:
     if (
         wants_json(request)
-        or request.method not in SAFE_METHODS
-        and request.content_type == "application/json"
+        or (request.method not in SAFE_METHODS
+        and request.content_type == "application/json")
     ):
         return web.json_response({"error": key}, status=status)
     return render(request, "error.html", http_status=status, message_key=key, status_code=status)

@@ -119,11 +119,11 @@ class QueueFilter:
         if self.ptype:
             conds.append(ReviewItem.predicted_type == self.ptype)
         if self.ftype:
-            conds.append(FINAL_TYPE == self.ftype)
+            conds.append(self.ftype == FINAL_TYPE)
         if self.pagency:
             conds.append(ReviewItem.predicted_agency == self.pagency)
         if self.fagency:
-            conds.append(FINAL_AGENCY == self.fagency)
+            conds.append(self.fagency == FINAL_AGENCY)
         if self.language:
             conds.append(ReviewItem.language == self.language)
         if self.channel:

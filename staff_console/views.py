@@ -361,7 +361,7 @@ async def _after_registry_change(request: web.Request) -> str | None:
         return None
     try:
         await reload()
-    except Exception as exc:  # noqa: BLE001 - the NLU's own failure; the registry change stands, say so
+    except Exception as exc:
         log.error("NLU reload failed after a registry change: %s", type(exc).__name__)
         return "err_reload"
     return None

@@ -193,7 +193,7 @@ class Outbox:
 
     def backoff(self, attempts: int) -> float:
         base = self.settings.backoff_base_s * (2 ** max(0, attempts - 1))
-        return min(self.settings.backoff_max_s, base) * random.uniform(0.5, 1.0)
+        return float(min(self.settings.backoff_max_s, base) * random.uniform(0.5, 1.0))
 
     async def _reschedule(self, job: Job, error: str, delay_s: float | None) -> None:
         if job.attempts >= self.settings.max_attempts:

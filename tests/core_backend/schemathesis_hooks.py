@@ -21,7 +21,7 @@ def readable_error(ctx: Any, response: Any, case: Any) -> bool | None:
         ) from None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        raise AssertionError(f"{response.status_code} without an error object: {body!r}"[:300])  # noqa: TRY004
+        raise AssertionError(f"{response.status_code} without an error object: {body!r}"[:300])
     message = error.get("message")
     if not isinstance(message, str) or len(message.split()) < 3:
         raise AssertionError(f"{response.status_code} without a readable error message: {body!r}"[:300])

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from tawasul.db import Database
-from tawasul.db.migrate import upgrade, upgrade_async
+from tawasul.db.migrate import upgrade_async
 from tawasul.db.models import Base, Citizen, Conversation, MessageRecord
 
 PROJECT = Path(__file__).resolve().parents[2]
