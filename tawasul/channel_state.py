@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from tawasul.db import Database
 from tawasul.db.models import Citizen, MessageDirection, MessageRecord, utcnow
@@ -50,9 +50,15 @@ class DeliveryLog:
                                       else "sent", payload={}, delivery_status="sent", processed_at=utcnow()))
 
     async def on_status(self, status: Any) -> None:
+        # Receipts can arrive out of order (read before delivered); a status only ever moves forward.
+        new = str(status.status)[:16]
         async with self.db.session() as session:
-            await session.execute(
-                update(MessageRecord)
-                .where(MessageRecord.channel == self.channel, MessageRecord.platform_message_id == status.message_id,
-                       MessageRecord.direction == MessageDirection.OUT)
-                .values(delivery_status=str(status.status)[:16]))
+            rows = (await session.execute(select(MessageRecord).where(
+                MessageRecord.channel == self.channel, MessageRecord.platform_message_id == status.message_id,
+                MessageRecord.direction == MessageDirection.OUT))).scalars()
+            for row in rows:
+                if _RANK.get(new, 0) > _RANK.get(row.delivery_status or "", 0):
+                    row.delivery_status = new
+
+
+_RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
