@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -84,8 +85,11 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     metrics = evaluate(engine, dataset.heldout, out_dir=out_dir, settings=settings)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     if info.data_hash != dataset.data_hash:
-        print(f"note: the data changed since {info.version} was trained (data hash {info.data_hash} -> "
-              f"{dataset.data_hash}); the held-out split is today's", file=sys.stderr)
+        print(
+            f"note: the data changed since {info.version} was trained (data hash {info.data_hash} -> "
+            f"{dataset.data_hash}); the held-out split is today's",
+            file=sys.stderr,
+        )
     result = summary(metrics)
     result["per_class"] = metrics["per_class"]
     result["plots"] = metrics.get("plots", [])
@@ -108,10 +112,8 @@ def _parse(settings: Settings, args: argparse.Namespace) -> int:
 def _close(engine: Any) -> None:
     close = getattr(engine, "close", None)
     if close is not None:
-        try:
+        with contextlib.suppress(Exception):  # closing a client on the way out must not mask the result
             asyncio.run(close())
-        except Exception:  # noqa: BLE001 - closing a client on the way out must not mask the result
-            pass
 
 
 def predict_stream(engine: Any, lines: Any, out: TextIO) -> int:
@@ -127,13 +129,13 @@ def predict_stream(engine: Any, lines: Any, out: TextIO) -> int:
                 line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
                 data = json.loads(line)
                 if not isinstance(data, dict):
-                    raise ValueError("line is not a JSON object")
+                    raise TypeError("line is not a JSON object")
                 text = data.get("text")
                 if not isinstance(text, str):
-                    raise ValueError("missing 'text'" if text is None else "'text' must be a string")
+                    raise TypeError("missing 'text'" if text is None else "'text' must be a string")
                 result = loop.run_until_complete(engine.parse(text))
                 record = {**data, **result.to_dict()}
-            except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            except (UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
                 record = {"error": f"invalid input line: {exc}"}
                 errors += 1
             except NLUUnavailable as exc:
@@ -168,7 +170,10 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
         print(issue)
     errors = sum(1 for i in issues if i.severity == "error")
     warnings = len(issues) - errors
-    print(f"{len(examples)} examples in {len(files)} files: {errors} errors, {warnings} warnings", file=sys.stderr)
+    print(
+        f"{len(examples)} examples in {len(files)} files: {errors} errors, {warnings} warnings",
+        file=sys.stderr,
+    )
     return 1 if errors else 0
 
 
@@ -189,16 +194,18 @@ def _models(settings: Settings, args: argparse.Namespace) -> int:
     rows = []
     for info in registry.list_models():
         m = info.metrics
-        rows.append({
-            "version": info.version,
-            "created_at": info.created_at,
-            "current": current is not None and info.version == current.version,
-            "promoted": info.promoted,
-            "data_hash": info.data_hash,
-            "type_macro_f1": m.get("type_macro_f1"),
-            "agency_accuracy": m.get("agency_accuracy"),
-            "intent_macro_f1": m.get("intent_macro_f1"),
-        })
+        rows.append(
+            {
+                "version": info.version,
+                "created_at": info.created_at,
+                "current": current is not None and info.version == current.version,
+                "promoted": info.promoted,
+                "data_hash": info.data_hash,
+                "type_macro_f1": m.get("type_macro_f1"),
+                "agency_accuracy": m.get("agency_accuracy"),
+                "intent_macro_f1": m.get("intent_macro_f1"),
+            }
+        )
     if args.json:
         _print_json(rows)
         return 0
@@ -206,8 +213,10 @@ def _models(settings: Settings, args: argparse.Namespace) -> int:
         print(f"no models in {settings.nlu.model_dir}")
     for r in rows:
         mark = "*" if r["current"] else ("p" if r["promoted"] else " ")
-        print(f"{mark} {r['version']}  {r['created_at']}  type-F1 {r['type_macro_f1']}  "
-              f"agency {r['agency_accuracy']}  intent-F1 {r['intent_macro_f1']}")
+        print(
+            f"{mark} {r['version']}  {r['created_at']}  type-F1 {r['type_macro_f1']}  "
+            f"agency {r['agency_accuracy']}  intent-F1 {r['intent_macro_f1']}"
+        )
     return 0
 
 
@@ -241,8 +250,13 @@ def register(sub: Any) -> None:
 
     p = cmds.add_parser("train", help="train on nlu/data (+ reviewed data), evaluate on the held-out split")
     p.add_argument("--promote", action="store_true", help="make it the current model (default: only if none)")
-    p.add_argument("--extra-dir", action="append", default=[], metavar="DIR",
-                   help="more training-only Rasa NLU YAML (repeatable)")
+    p.add_argument(
+        "--extra-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more training-only Rasa NLU YAML (repeatable)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_train)
 

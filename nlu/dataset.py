@@ -132,10 +132,10 @@ def _examples_of_block(block: Any, node: yaml.Node | None) -> list[tuple[str, in
     elif isinstance(raw, list):
         items = examples_node.value if isinstance(examples_node, yaml.SequenceNode) else []
         for i, item in enumerate(raw):
-            text = item.get("text") if isinstance(item, dict) else item
-            if isinstance(text, str):
-                line = items[i].start_mark.line if i < len(items) else None
-                out.append((text, line))
+            value = item.get("text") if isinstance(item, dict) else item
+            if isinstance(value, str):
+                item_line: int | None = items[i].start_mark.line if i < len(items) else None
+                out.append((value, item_line))
     return out
 
 
@@ -187,7 +187,8 @@ def load_examples(paths: Iterable[Path]) -> list[Example]:
             if not isinstance(block, dict) or "intent" not in block:
                 continue  # synonyms, regexes, lookups: not examples
             raw_intent = str(block["intent"]).strip()
-            metadata = block.get("metadata") if isinstance(block.get("metadata"), dict) else {}
+            raw_metadata = block.get("metadata")
+            metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
             agency = metadata.get("agency")
             style = metadata.get("style")
             if raw_intent in CASE_TYPES:

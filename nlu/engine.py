@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from config.settings import NLUSettings
-from nlu.entities import extract_entities, place_gazetteer
+from nlu.entities import pattern_entities, place_gazetteer
 from nlu.gazetteer import Gazetteer, Match, agency_gazetteer, topic_gazetteer
 from nlu.language import detect_language
 from nlu.model import EmbeddedModel
@@ -68,15 +68,20 @@ class TextAnalyzer:
         limit = self.max_model_chars
         folded = FoldedText.of(text[: ENTITY_MAX_CHARS if with_entities else limit])
         spans = word_spans(folded.folded)
-        mentions = self.agencies.find(folded, spans)
+        words = [tok for tok, _, _ in spans]
+        mentions = self.agencies.find(folded, spans, words)
         entities: list[Entity] = []
         if with_entities:
-            entities = extract_entities(folded, None, self.places, spans)
+            entities = pattern_entities(folded)
+            if self.places is not None:
+                entities.extend(
+                    Entity("place", m.key, m.start, m.end) for m in self.places.find(folded, spans, words)
+                )
             entities.extend(Entity("agency", m.key, m.start, m.end) for m in mentions)
             entities.sort(key=lambda e: (e.start, e.end, e.entity))
         model_text = normalize_folded(folded.folded[:limit] if len(text) > limit else folded.folded)
         in_window = [m for m in mentions if m.start < limit]
-        topic_hits = self.topics.find(folded, spans) if len(self.topics) else []
+        topic_hits = self.topics.find(folded, spans, words) if len(self.topics) else []
         meta = meta_features(in_window, [m for m in topic_hits if m.start < limit], len(model_text.split()))
         return model_text, meta, entities, in_window
 
@@ -159,21 +164,23 @@ class EmbeddedEngine:
             result = self._empty(text, language)
             return _with_entities(result, entities)
         cols, vals = self.model.features.vector(model_text, meta, language)
-        scores = self.model.scores(cols, vals)
+        scores = self.model.scores(cols, vals).astype(np.float64)
         p_intent = self.model.proba("intent", scores)
         p_type = self.model.proba("type", scores)
-        p_agency = self.combine_agency(self.model.proba("agency", scores), [m.key for m in mentions])
+        p_agency = self.model.proba("agency", scores)
+        if mentions:
+            p_agency = self.combine_agency(p_agency, [m.key for m in mentions])
 
-        i = int(np.argmax(p_intent))
+        i = int(p_intent.argmax())
         intent = self._intents[i]
         intent_conf = float(p_intent[i])
         case_type: CaseType | None = None
         type_conf = 0.0
         if intent is Intent.FILE_CASE:
-            t = int(np.argmax(p_type))
+            t = int(p_type.argmax())
             case_type, type_conf = self._types[t], float(p_type[t])
 
-        order = np.argsort(-p_agency)[:TOP_K]
+        order = (-p_agency).argsort()[:TOP_K]
         candidates = tuple(AgencyCandidate(self._agency_ids[k], round(float(p_agency[k]), 4)) for k in order)
         best = candidates[0]
         agency: str | None = None

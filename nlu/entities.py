@@ -67,7 +67,8 @@ CUES: tuple[str, ...] = (
 
 _SEP = r"[\s\-_.–—/]*"
 _CASE_REF_RE = re.compile(rf"(?<![a-z0-9])tws{_SEP}(\d{{4}}){_SEP}(\d{{1,7}})(?!\d)")
-# Bahraini numbers: optional +973 / 00973, then 8 digits starting 3 or 6 (mobile), 1 (landline) or 8 (toll-free).
+# Bahraini numbers: optional +973 / 00973, then 8 digits starting 3 or 6 (mobile), 1 (landline) or
+# 8 (toll-free).
 _PHONE_RE = re.compile(r"(?<![\d+])(?:(?:\+|00)\s?973[\s\-.]?)?([3681]\d{3})[\s\-.]?(\d{4})(?!\d)")
 _CPR_RE = re.compile(r"(?<!\d)(\d{9})(?!\d)")
 _BLOCK_RE = re.compile(
@@ -77,6 +78,7 @@ _ROAD_RE = re.compile(
     r"(?<![^\W\d_])(?:[وفبل]?(?:طريق|شارع|رود)|road|rd|street|st|avenue|ave|share3|tareeq|tareeg)\.?\s*"
     r"(?:no\.?|number|رقم|#)?\s*(\d{1,5})(?!\d)"
 )
+_DIGIT_RE = re.compile(r"\d")
 _CLITIC_RE = re.compile(r"[وفبل](?=مجمع|بلوك|بلك|طريق|شارع|رود)")
 
 
@@ -117,6 +119,8 @@ def pattern_entities(text: FoldedText) -> list[Entity]:
     folded = text.folded
     found: list[Entity] = []
     taken: list[tuple[int, int]] = []
+    if not _DIGIT_RE.search(folded):
+        return found  # every pattern entity has digits; most messages have none
 
     def add(kind: str, value: str, fstart: int, fend: int) -> None:
         if fend <= fstart or not _free(taken, fstart, fend):

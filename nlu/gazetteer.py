@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 
 import yaml
@@ -130,15 +131,28 @@ class Gazetteer:
             found |= self._fuzzy_index.get(form, set())
         return next(iter(found)) if len(found) == 1 else None
 
-    def find(self, text: FoldedText, spans: list[tuple[str, int, int]] | None = None) -> list[Match]:
-        """Non-overlapping matches, longest first at each position, left to right."""
+    def find(
+        self,
+        text: FoldedText,
+        spans: list[tuple[str, int, int]] | None = None,
+        tokens: list[str] | None = None,
+    ) -> list[Match]:
+        """Non-overlapping matches, longest first at each position, left to right. ``spans`` (from
+        ``word_spans``) and ``tokens`` (their first items) may be passed in when several gazetteers read
+        the same text."""
         if not self._phrases:
             return []
         spans = word_spans(text.folded) if spans is None else spans
         # Per position: the forms that can start a phrase (clitics stripped, or typo-corrected) and the
         # typo-corrected form of the word.
-        infos = [self._token_info(tok) for tok, _, _ in spans]
-        if not any(firsts for firsts, _ in infos):
+        if tokens is None:
+            tokens = [tok for tok, _, _ in spans]
+        # cache lookups through map (C speed); a miss (None) is worked out once per new word
+        infos = [
+            info or self._token_info(tok)
+            for info, tok in zip(map(self._cache.get, tokens), tokens, strict=True)
+        ]
+        if not any(map(itemgetter(0), infos)):
             return []
         corrected = [c for _, c in infos]
         matches: list[Match] = []
@@ -209,7 +223,7 @@ def _agency_gazetteer(path: Path, mtime_ns: int) -> Gazetteer:
 
 
 def agency_gazetteer(path: Path | None = None) -> Gazetteer:
-    """Names, short names and aliases of the 22 agencies (``config/agencies.yml``); rebuilt when it changes."""
+    """Names and aliases of the 22 agencies (``config/agencies.yml``); rebuilt when the file changes."""
     path = (path or AGENCIES_FILE).resolve()
     return _agency_gazetteer(path, path.stat().st_mtime_ns)
 

@@ -1,4 +1,4 @@
-"""Language of a message: ``ar``, ``en``, ``arabizi`` or ``mixed`` (so replies come in the citizen's language).
+"""Language of a message: ``ar``, ``en``, ``arabizi`` or ``mixed`` (replies come in the citizen's language).
 
 Hand-written: offline language identifiers (langid, fastText lid, cld3) have no notion of Arabizi (Arabic in
 Latin letters with digits for missing sounds: 3=ع, 7=ح, 5=خ, 2=ء, 6=ط, 9=ص) and are unreliable on short
@@ -9,6 +9,7 @@ words, a small lexicon of frequent Gulf Arabizi words).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from nlu.types import Language
 
@@ -47,7 +48,7 @@ _ARABIZI_WORDS = frozenset(
     se7a sa7 sa7i7 ghalat ghalta 3yal 3eyal 3ayal wilid wildi bnti binti umi ummi abuy abooy
     masa masaa khair kheir khayr 5air 5eir el5air il5air sba7 saba7 saba7o tislam tislamoon teslam
     ya3tik ya3teek ya3tikum allah alla jazak jazakum mabrook wayid7 shloon shlonik ashkurkum
-    """.split()
+    """.split()  # noqa: SIM905 - a word list reads best as text
 )
 
 
@@ -56,27 +57,38 @@ _NEUTRAL_LATIN = frozenset(
     """
     ok okay cpr id tws twsref ewa lmra nhra sio iga tra npra slrb moh moe moi mol bd bhd sms otp app pdf
     whatsapp wifi gps atm batelco stc zain viva ekey egov bh www com online email
-    """.split()
+    """.split()  # noqa: SIM905 - a word list reads best as text
 )
 _PLACEHOLDER_RE = re.compile(r"^num\d$")
+
+
+@lru_cache(maxsize=16384)
+def _token_kind(tok: str) -> tuple[int, int, int, int]:
+    """(arabic, latin, latin content word, arabizi cue) flags of one token (tokens recur: cached)."""
+    if _ARABIC_WORD_RE.search(tok):
+        return 1, 0, 0, 0
+    if _LATIN_WORD_RE.search(tok) and not _PLACEHOLDER_RE.match(tok):
+        content = int(tok not in _NEUTRAL_LATIN)
+        cue = int(
+            tok in _ARABIZI_WORDS or bool(_ARABIZI_DIGIT_RE.match(tok) and not _ENGLISH_DIGIT_RE.match(tok))
+        )
+        return 0, 1, content, cue
+    return 0, 0, 0, 0
 
 
 def detect_language(tokens: list[str]) -> Language:
     """Language of normalised, space-split model tokens (lower case, numbers already placeholders)."""
     arabic = latin = content = cues = 0
-    for tok in tokens:
-        if _ARABIC_WORD_RE.search(tok):
-            arabic += 1
-        elif _LATIN_WORD_RE.search(tok) and not _PLACEHOLDER_RE.match(tok):
-            latin += 1
-            if tok not in _NEUTRAL_LATIN:
-                content += 1
-            if tok in _ARABIZI_WORDS or (_ARABIZI_DIGIT_RE.match(tok) and not _ENGLISH_DIGIT_RE.match(tok)):
-                cues += 1
+    for a, la, c, q in map(_token_kind, tokens):
+        arabic += a
+        latin += la
+        content += c
+        cues += q
     if arabic == 0:
         if latin == 0:
             return Language.AR  # nothing to go by (emoji, digits): the service's default language
         arabizi = cues >= 2 or (cues >= 1 and cues * 4 >= latin)
         return Language.ARABIZI if arabizi else Language.EN
-    # Arabic script with Latin words other than acronyms is code-switching.
-    return Language.MIXED if content else Language.AR
+    # Arabic script with Latin words other than acronyms is code-switching, unless it is a single loanword
+    # in a longer Arabic message ("يطلع لي error", "لمبات LED").
+    return Language.MIXED if content >= 2 or (content and content * 3 >= arabic) else Language.AR

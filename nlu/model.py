@@ -23,14 +23,16 @@ import numpy.typing as npt
 from nlu.features import FeatureSpace
 
 MODEL_FILE = "model.pkl"
-FORMAT_VERSION = 2
+# Bump whenever the pickled structure changes: the registry then ignores older artifacts.
+FORMAT_VERSION = 3
 
 
 @dataclass(slots=True)
 class Head:
     """One classifier over the shared features. Its score is the SVM's decision values, or, when the head
-    has a Complement Naive Bayes part, the sum of both score vectors each standardised across the classes
-    (``z(svm) + nb_weight * z(nb)``); probabilities are ``softmax(score / temperature)``."""
+    has a Complement Naive Bayes part, ``svm / svm_scale + nb_weight * nb / nb_scale``: both parts brought to
+    a common scale by constants fitted on training data (not per message, so a message with little to go
+    by keeps flat scores and a low confidence); probabilities are ``softmax(score / temperature)``."""
 
     classes: tuple[str, ...]
     start: int  # column slice of the SVM part in the stacked weights
@@ -39,18 +41,24 @@ class Head:
     nb_start: int = -1  # column slice of the Naive Bayes part (-1: none)
     nb_end: int = -1
     nb_weight: float = 0.0
+    svm_scale: float = 1.0
+    nb_scale: float = 1.0
 
     def combine(self, scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """The head's score from the stacked raw scores (1-d for one message, 2-d for a batch)."""
         svm = scores[..., self.start : self.end]
         if self.nb_start < 0:
             return svm
-        return standardise(svm) + self.nb_weight * standardise(scores[..., self.nb_start : self.nb_end])
+        nb = scores[..., self.nb_start : self.nb_end]
+        out: npt.NDArray[np.float64] = svm / self.svm_scale + self.nb_weight * nb / self.nb_scale
+        return out
 
 
-def standardise(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    out: npt.NDArray[np.float64] = (z - z.mean(axis=-1, keepdims=True)) / (z.std(axis=-1, keepdims=True) + 1e-9)
-    return out
+def spread(scores: npt.NDArray[np.float64]) -> float:
+    """Typical spread of a score matrix across classes (std after centring each row); 1.0 if degenerate."""
+    centred = scores - scores.mean(axis=-1, keepdims=True)
+    value = float(centred.std())
+    return value if value > 0 else 1.0
 
 
 @dataclass(slots=True)
@@ -71,10 +79,10 @@ class EmbeddedModel:
         out: npt.NDArray[np.float32] = vals @ self.weights.take(cols, axis=0) + self.bias
         return out
 
-    def proba(self, head: str, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def proba(self, head: str, scores: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         """Calibrated class probabilities of one head, for one message's scores or a (n, outputs) batch."""
         h = self.heads[head]
-        return softmax(h.combine(scores.astype(np.float64)) / h.temperature)
+        return softmax(h.combine(scores.astype(np.float64, copy=False)) / h.temperature)
 
     def save(self, directory: Path) -> Path:
         path = directory / MODEL_FILE
@@ -85,8 +93,11 @@ class EmbeddedModel:
     @classmethod
     def load(cls, directory: Path) -> EmbeddedModel:
         path = directory / MODEL_FILE if directory.is_dir() else directory
-        with path.open("rb") as fh:
-            model = pickle.load(fh)  # noqa: S301 - our own artifact from the project's model directory
+        try:
+            with path.open("rb") as fh:
+                model = pickle.load(fh)  # our own artifact, from the project's model directory
+        except (pickle.UnpicklingError, AttributeError, TypeError, KeyError, EOFError, ImportError) as exc:
+            raise ValueError(f"{path} is not a loadable embedded NLU model ({type(exc).__name__})") from None
         if not isinstance(model, cls) or getattr(model, "format_version", None) != FORMAT_VERSION:
             raise ValueError(f"{path} is not an embedded NLU model of format {FORMAT_VERSION}")
         return model

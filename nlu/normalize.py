@@ -85,7 +85,7 @@ _IRREGULAR: set[str] = set()
 
 _TABLE = _FoldTable()
 for _cp in (*range(0x20, 0x7F), *range(0x0600, 0x0700)):
-    _TABLE[_cp]  # noqa: B018 - warm the cache with ASCII and the Arabic block
+    _TABLE[_cp]
 
 
 def fold(text: str) -> str:
@@ -156,20 +156,36 @@ def _number_token(match: re.Match[str]) -> str:
     return f" num{min(digits, 9)} "
 
 
+_DIGIT_RE = re.compile(r"\d")
+_URL_HINTS = ("http", "www", ".bh", ".com", ".net", ".org", ".gov")
+
+
+@lru_cache(maxsize=8192)
+def _pieces(word: str) -> tuple[str, ...]:
+    # simple_word_tokenize walks every character with a regex: words recur, so each is split once.
+    return tuple(simple_word_tokenize(word))
+
+
 def normalize_folded(folded: str) -> str:
     """Model text from already-folded text: space-separated tokens."""
-    text = _EMAIL_RE.sub(" ", folded)
-    text = _URL_RE.sub(_url_words, text)
-    text = _TAG_RE.sub(lambda m: " " + m.group(1).replace("_", " ") + " ", text)
-    text = _CASE_REF_RE.sub(f" {CASE_REF_TOKEN} ", text)
-    text = _NUMBER_RE.sub(_number_token, text)
+    text = folded
+    # Each rewrite runs only when its trigger can be present (cheap substring tests first: hot path).
+    if "@" in text:
+        text = _EMAIL_RE.sub(" ", text)
+    if any(hint in text for hint in _URL_HINTS):
+        text = _URL_RE.sub(_url_words, text)
+    if "#" in text or "@" in text:
+        text = _TAG_RE.sub(lambda m: " " + m.group(1).replace("_", " ") + " ", text)
+    if _DIGIT_RE.search(text):
+        if "tws" in text:
+            text = _CASE_REF_RE.sub(f" {CASE_REF_TOKEN} ", text)
+        text = _NUMBER_RE.sub(_number_token, text)
     text = _AR_REPEAT_RE.sub(r"\1", text)
     text = _LATIN_REPEAT_RE.sub(r"\1\1", text)
     text = _PUNCT_REPEAT_RE.sub(r"\1", text)
     tokens: list[str] = []
     for word in text.split():
-        # simple_word_tokenize walks every character with a regex; plain words need no splitting.
-        pieces = [word] if word.isalnum() else simple_word_tokenize(word)
+        pieces = (word,) if word.isalnum() else _pieces(word)
         for piece in pieces:
             if piece.isalnum() or piece in _KEEP_PUNCT:
                 tokens.append(piece[:40])

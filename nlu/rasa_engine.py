@@ -63,11 +63,6 @@ def _probabilities(ranking: Iterable[dict[str, Any]]) -> dict[str, float]:
     return probs
 
 
-def _top3(dist: dict[str, float]) -> tuple[AgencyCandidate, ...]:
-    ranked = sorted(dist.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-    return tuple(AgencyCandidate(agency, round(conf, 4)) for agency, conf in ranked if conf > 0.0)
-
-
 def combine_agency(topic: dict[str, float], mentioned: Sequence[str], weight: float) -> dict[str, float]:
     """Explicit mentions outrank the topic, exactly as ``EmbeddedEngine.combine_agency``:
     ``(1-w) * p + w * p|mentioned`` (``p|mentioned`` is ``p`` restricted to the named agencies, uniform
@@ -90,7 +85,7 @@ def map_parse(
     model_version: str,
     normalized: str | None = None,
 ) -> NLUResult:
-    """An NLUResult from a ``/model/parse`` answer for the raw ``text``. Raises ValueError on a malformed one."""
+    """An NLUResult from a ``/model/parse`` answer for the raw ``text``. Raises TypeError on a malformed one."""
     ranking = answer.get("intent_ranking")
     top = answer.get("intent") or {}
     if not isinstance(ranking, list) or not isinstance(top, dict):
@@ -371,7 +366,7 @@ class FallbackEngine:
     async def _run_probe(self, ping: Callable[[], Any]) -> None:
         try:
             ok = bool(await ping())
-        except Exception:  # noqa: BLE001 - a probe must never break the service
+        except Exception:
             ok = False
         if ok:
             self._mark_up()
@@ -403,7 +398,7 @@ class FallbackEngine:
         self._counter.inc()
         try:
             return await self.fallback.parse(text)
-        except Exception as exc:  # noqa: BLE001 - the dialogue must never see an NLU error
+        except Exception as exc:
             log.error("fallback NLU engine %s failed too: %s", self.fallback.name, type(exc).__name__)
             return NLUResult(
                 text=text,

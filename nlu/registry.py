@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nlu.model import FORMAT_VERSION
+
 METADATA_FILE = "metadata.json"
 POINTER_FILE = "promoted.json"
 LOCK_FILE = ".lock"
@@ -47,6 +49,8 @@ class ModelInfo:
     n_heldout: int = 0
     data_sources: list[str] = field(default_factory=list)
     engine: str = "embedded"
+    # Artifact format (nlu.model.FORMAT_VERSION when trained); 0 when the metadata predates the field.
+    format_version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,6 +79,7 @@ class ModelInfo:
             n_heldout=int(data.get("n_heldout", 0)),
             data_sources=list(data.get("data_sources", [])),
             engine=str(data.get("engine", "embedded")),
+            format_version=int(data.get("format_version", 0)),
         )
 
 
@@ -127,12 +132,15 @@ class ModelRegistry:
         return directory
 
     def current(self) -> ModelInfo | None:
-        """The promoted model (the newest promotion whose artifact still exists), or None."""
+        """The promoted model: the newest promotion whose artifact exists and that this code can load (an
+        artifact of another format, left by an older checkout, is skipped), or None."""
         for version in reversed(self._history()):
             try:
-                return self.get(version)
+                info = self.get(version)
             except RegistryError:
                 continue
+            if info.format_version == FORMAT_VERSION:
+                return info
         return None
 
     # --- writing -------------------------------------------------------------------------------------

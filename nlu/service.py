@@ -29,7 +29,7 @@ WATCH_INTERVAL_S = 5.0
 
 
 def ensure_model(settings: Settings) -> ModelInfo:
-    """The promoted model; trains and promotes one first when there is none (``make run`` on a fresh clone)."""
+    """The promoted model; trains and promotes one first if there is none (``make run`` on a fresh clone)."""
     registry = ModelRegistry(settings.nlu.model_dir)
     current = registry.current()
     if current is not None:
@@ -40,7 +40,9 @@ def ensure_model(settings: Settings) -> ModelInfo:
     return train_model(settings, promote=True)
 
 
-def load_embedded(settings: Settings, registry: ModelRegistry | None = None) -> tuple[EmbeddedEngine, ModelInfo]:
+def load_embedded(
+    settings: Settings, registry: ModelRegistry | None = None
+) -> tuple[EmbeddedEngine, ModelInfo]:
     registry = registry or ModelRegistry(settings.nlu.model_dir)
     info = registry.current()
     if info is None:

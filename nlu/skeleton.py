@@ -13,17 +13,66 @@ import re
 from functools import lru_cache
 
 _AR = {
-    "ب": "b", "ت": "t", "ث": "t", "ج": "j", "ح": "h", "خ": "x", "د": "d", "ذ": "d", "ر": "r", "ز": "z",
-    "س": "s", "ش": "S", "ص": "s", "ض": "d", "ط": "t", "ظ": "d", "ع": "3", "غ": "x", "ف": "f", "ق": "k",
-    "ك": "k", "ل": "l", "م": "m", "ن": "n", "ه": "h", "گ": "k", "چ": "S", "پ": "b", "ڤ": "f",
+    "ب": "b",
+    "ت": "t",
+    "ث": "t",
+    "ج": "j",
+    "ح": "h",
+    "خ": "x",
+    "د": "d",
+    "ذ": "d",
+    "ر": "r",
+    "ز": "z",
+    "س": "s",
+    "ش": "S",
+    "ص": "s",
+    "ض": "d",
+    "ط": "t",
+    "ظ": "d",
+    "ع": "3",
+    "غ": "x",
+    "ف": "f",
+    "ق": "k",
+    "ك": "k",
+    "ل": "l",
+    "م": "m",
+    "ن": "n",
+    "ه": "h",
+    "گ": "k",
+    "چ": "S",
+    "پ": "b",
+    "ڤ": "f",
 }
 _AR_DROP = frozenset("اويىءةآأإؤئ")
 _LATIN_DIGRAPHS = re.compile(r"sh|ch|kh|gh|th|dh")
 _DIGRAPH = {"sh": "S", "ch": "S", "kh": "x", "gh": "x", "th": "t", "dh": "d"}
 _LATIN = {
-    "b": "b", "p": "b", "t": "t", "j": "j", "h": "h", "d": "d", "r": "r", "z": "z", "s": "s", "f": "f",
-    "v": "f", "q": "k", "k": "k", "g": "k", "c": "k", "l": "l", "m": "m", "n": "n", "x": "x",
-    "3": "3", "7": "h", "5": "x", "6": "t", "9": "s", "8": "k", "S": "S",
+    "b": "b",
+    "p": "b",
+    "t": "t",
+    "j": "j",
+    "h": "h",
+    "d": "d",
+    "r": "r",
+    "z": "z",
+    "s": "s",
+    "f": "f",
+    "v": "f",
+    "q": "k",
+    "k": "k",
+    "g": "k",
+    "c": "k",
+    "l": "l",
+    "m": "m",
+    "n": "n",
+    "x": "x",
+    "3": "3",
+    "7": "h",
+    "5": "x",
+    "6": "t",
+    "9": "s",
+    "8": "k",
+    "S": "S",
 }
 _ARABIC_RE = re.compile(r"[\u0621-\u064a]")
 _LATIN_RE = re.compile(r"^[a-z0-9']+$")
@@ -61,3 +110,36 @@ def skeleton(tokens: list[str], latin: bool) -> str:
         if len(sk) >= 2:
             out.append(sk)
     return " ".join(out)
+
+
+# Light stemming of Arabic-script words, after Larkey et al.'s "light10" (hand-written; camel-tools' stemmers
+# need its morphology database): the article with its proclitics, a leading و, and common suffixes, so that
+# "فاتورتي" / "الفاتوره" / "وفواتيرهم" share more than character n-grams.
+_STEM_PREFIXES = ("وال", "بال", "كال", "فال", "لل", "ال")
+_STEM_SUFFIXES = ("هما", "كما", "ها", "ان", "ات", "ون", "ين", "يه", "هم", "كم", "نا", "ه", "ي")
+
+
+@lru_cache(maxsize=16384)
+def stem_word(word: str) -> str:
+    """Light stem of one folded Arabic-script word ('' for other words)."""
+    if not _ARABIC_RE.search(word):
+        return ""
+    if len(word) > 3 and word.startswith("و"):
+        word = word[1:]
+    for prefix in _STEM_PREFIXES:
+        if word.startswith(prefix) and len(word) - len(prefix) >= 2:
+            word = word[len(prefix) :]
+            break
+    changed = True
+    while changed and len(word) > 3:
+        changed = False
+        for suffix in _STEM_SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 2:
+                word = word[: -len(suffix)]
+                changed = True
+                break
+    return word
+
+
+def stems(tokens: list[str]) -> list[str]:
+    return [st for st in (stem_word(t) for t in tokens) if len(st) >= 2]

@@ -33,10 +33,9 @@ from sklearn.svm import LinearSVC
 from config.settings import Settings
 from nlu.dataset import STYLE_LANGUAGE, Dataset, Example, load_dataset
 from nlu.engine import META_NAMES, EmbeddedEngine, TextAnalyzer
-from nlu.entities import place_gazetteer
 from nlu.features import FeatureSpace
 from nlu.gazetteer import agency_gazetteer, topic_gazetteer
-from nlu.model import EmbeddedModel, Head
+from nlu.model import FORMAT_VERSION, EmbeddedModel, Head, spread
 from nlu.registry import ModelInfo, ModelRegistry
 from nlu.types import CaseType, Intent, NLUResult
 
@@ -58,6 +57,8 @@ class Hyper:
     meta_weight: float = 0.5
     # Weight of the consonant-skeleton block (0: off).
     skel_weight: float = 2.5
+    # Light stems of Arabic words in the skeleton block.
+    stems: bool = True
     # "balanced" reweights classes by inverse frequency (the case messages outnumber each dialogue intent).
     intent_class_weight: str | None = "balanced"
     agency_class_weight: str | None = None
@@ -66,7 +67,7 @@ class Hyper:
     type_blocks: tuple[str, ...] = ("char", "word")
     agency_blocks: tuple[str, ...] = ("char", "word", "skel", "meta")
     # Agency head: a linear SVM plus a Complement Naive Bayes (different errors on few examples per class),
-    # scores standardised and summed with this weight on the NB part; None: SVM only.
+    # scores brought to a common scale and summed with this weight on the NB part; None: SVM only.
     agency_nb_alpha: float | None = 0.1
     agency_nb_weight: float = 1.0
     # Agency head also learns from the catalog (scope texts, aliases) and the topic terms, one short document
@@ -141,9 +142,13 @@ class FittedHead:
     temperature: float
     nb_w: npt.NDArray[np.float32] | None = None  # (F, k) log feature weights of Complement NB
     nb_weight: float = 0.0
+    svm_scale: float = 1.0
+    nb_scale: float = 1.0
 
 
-def _fit_nb(x: sparse.csr_matrix, y: npt.NDArray[np.int64], n_classes: int, alpha: float) -> npt.NDArray[np.float32]:
+def _fit_nb(
+    x: sparse.csr_matrix, y: npt.NDArray[np.int64], n_classes: int, alpha: float
+) -> npt.NDArray[np.float32]:
     """(n_classes, F) Complement Naive Bayes weights; its score ``x @ w.T`` is linear like the SVM's."""
     nb = ComplementNB(alpha=alpha)
     nb.fit(x, y)
@@ -166,10 +171,9 @@ def fit_head(
     index = {label: i for i, label in enumerate(classes)}
     y = np.array([index[label] for label in labels], dtype=np.int64)
     k = len(classes)
-    probe = Head(tuple(classes), 0, k, 1.0, *((k, 2 * k, nb_weight) if nb_alpha is not None else ()))
     counts = Counter(y.tolist())
     folds = min(hyper.calibration_folds, min(counts.values())) if counts else 0
-    temperature = 1.0
+    temperature, svm_scale, nb_scale = 1.0, 1.0, 1.0
     if folds >= 2 and len(counts) >= 2:
         oof = np.zeros((len(y), 2 * k))
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=hyper.seed)
@@ -178,10 +182,17 @@ def fit_head(
             oof[te, :k] = x[te] @ coef.T + intercept
             if nb_alpha is not None:
                 oof[te, k:] = x[te] @ _fit_nb(x[tr], y[tr], k, nb_alpha).T
+        if nb_alpha is not None:
+            svm_scale, nb_scale = spread(oof[:, :k]), spread(oof[:, k:])
+        probe = Head(tuple(classes), 0, k, 1.0)
+        if nb_alpha is not None:
+            probe = Head(tuple(classes), 0, k, 1.0, k, 2 * k, nb_weight, svm_scale, nb_scale)
         temperature = _fit_temperature(probe.combine(oof), y)
     coef, intercept = _fit_svm(x, y, k, c, hyper.seed, class_weight)
     nb_w = np.ascontiguousarray(_fit_nb(x, y, k, nb_alpha).T) if nb_alpha is not None else None
-    return FittedHead(np.ascontiguousarray(coef.T), intercept, temperature, nb_w, nb_weight)
+    return FittedHead(
+        np.ascontiguousarray(coef.T), intercept, temperature, nb_w, nb_weight, svm_scale, nb_scale
+    )
 
 
 def fit_model(
@@ -203,7 +214,9 @@ def fit_model(
         meta_names,
         char_min_df=hyper.char_min_df,
         word_min_df=hyper.word_min_df,
-        meta_weight=hyper.meta_weight, skel_weight=hyper.skel_weight,
+        meta_weight=hyper.meta_weight,
+        skel_weight=hyper.skel_weight,
+        use_stems=hyper.stems,
     )
     case_rows = [i for i, e in enumerate(train) if e.intent == Intent.FILE_CASE.value]
     x_case = x[case_rows]
@@ -222,11 +235,23 @@ def fit_model(
     intents = [i.value for i in Intent if any(e.intent == i.value for e in train)]
     case_types = [train[i].type or "" for i in case_rows]
     heads_spec: list[tuple[str, sparse.csr_matrix, list[str], list[str], float, str | None]] = [
-        ("intent", masked(x, hyper.intent_blocks), [e.intent for e in train], intents, hyper.c_intent,
-         hyper.intent_class_weight),
+        (
+            "intent",
+            masked(x, hyper.intent_blocks),
+            [e.intent for e in train],
+            intents,
+            hyper.c_intent,
+            hyper.intent_class_weight,
+        ),
         ("type", masked(x_case, hyper.type_blocks), case_types, list(CASE_TYPES), hyper.c_type, None),
-        ("agency", masked(x_agency, hyper.agency_blocks), case_agencies, list(_agency_ids()), hyper.c_agency,
-         hyper.agency_class_weight),
+        (
+            "agency",
+            masked(x_agency, hyper.agency_blocks),
+            case_agencies,
+            list(_agency_ids()),
+            hyper.c_agency,
+            hyper.agency_class_weight,
+        ),
     ]
     weights: list[npt.NDArray[np.float32]] = []
     biases: list[npt.NDArray[np.float32]] = []
@@ -245,6 +270,7 @@ def fit_model(
             weights.append(fitted.nb_w)
             biases.append(np.zeros(k, dtype=np.float32))
             head.nb_start, head.nb_end, head.nb_weight = start, start + k, fitted.nb_weight
+            head.svm_scale, head.nb_scale = fitted.svm_scale, fitted.nb_scale
             start += k
         heads[name] = head
     return EmbeddedModel(
@@ -507,7 +533,10 @@ def save_confusion_plots(confusion: dict[str, dict[str, Any]], out_dir: Path) ->
 
 
 def cross_validate(
-    examples: Sequence[Example], settings: Settings, hyper: Hyper = DEFAULT_HYPER, folds: int = 5,
+    examples: Sequence[Example],
+    settings: Settings,
+    hyper: Hyper = DEFAULT_HYPER,
+    folds: int = 5,
     predictions: list[tuple[Example, NLUResult]] | None = None,
 ) -> dict[str, Any]:
     """Grouped k-fold estimate on training data (near-duplicates stay in one fold): for choosing
@@ -618,6 +647,7 @@ def train_model(
             n_train=len(dataset.train),
             n_heldout=len(dataset.heldout),
             data_sources=dataset.files,
+            format_version=FORMAT_VERSION,
         )
         info.write(staging)
     info = registry.get(version)
