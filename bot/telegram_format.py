@@ -76,8 +76,10 @@ def reply_keyboard(
 
 
 def chosen_html(original_html: str, title: str) -> str:
-    """The pressed message after the press: its text plus the choice, keyboard gone."""
-    return f"{original_html}\n\n✅ <b>{escape_html(title)}</b>"
+    """The pressed message after the press: its text plus the choice, keyboard gone. A title with its own
+    check mark ("تأكيد ✅") is not marked twice."""
+    shown = title.replace("✅", "").strip() or title
+    return f"{original_html}\n\n✅ <b>{escape_html(shown)}</b>"
 
 
 def bot_commands(language: str) -> list[BotCommand]:

@@ -256,9 +256,16 @@ class Service:
 
     # ------------------------------------------------------------------ shutdown
     async def stop(self) -> None:
+        # Let the background loops finish the job in hand (a message the platform already accepted must be
+        # marked done, or it is sent again after a restart); cancel only what is still running after that.
         self._stop.set()
+        if self.outbox is not None:
+            self.outbox.wake()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
         for task in self._tasks:
-            task.cancel()
+            if not task.done():
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -333,7 +340,11 @@ async def run_service(settings: Settings, *, shell: bool = True, force_terminal:
         channels.append(terminal)
     service = Service(settings, channels=channels)
     print("Tawasul Bot is starting (training the NLU model on first run takes a few seconds)…", file=sys.stderr)
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()
+        raise
     _print_banner(service, settings, terminal is not None)
     try:
         if terminal is not None:

@@ -4,6 +4,7 @@ outbox, and the embedded reference core backend (filing, staff status changes pu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -140,6 +141,26 @@ class Citizen:
         return []
 
 
+async def outbox_idle(service: Service) -> None:
+    """Wait until every outbox item is done (nothing pending, nothing leased)."""
+
+    async def busy() -> int:
+        async with service.db.session() as session:
+            return int(
+                (
+                    await session.execute(
+                        select(func.count()).select_from(OutboxItem).where(OutboxItem.status != "done")
+                    )
+                ).scalar_one()
+            )
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while await busy():
+        assert loop.time() < deadline, "the outbox did not go idle"
+        await asyncio.sleep(0.05)
+
+
 def telegram_input(service: Service) -> Any:
     return next(c for c in service.channels if c.name == "telegram")
 
@@ -176,7 +197,7 @@ async def test_complaint_filed_then_staff_status_reaches_the_citizen(
             assert tg.callback_answers, "the callback query must be answered"
             pressed = next(m for m in citizen.messages() if m["message_id"] == understood["message_id"])
             assert tg.keyboard_of(pressed) == []
-            assert "تأكيد" in pressed["text"] and "edit_date" in pressed
+            assert pressed["text"].endswith("\n\n✅ تأكيد") and "edit_date" in pressed, pressed["text"]
             # The location question is a reply keyboard (only those can ask for a location).
             keyboard = citizen.reply_keyboard()
             assert "تخطي" in keyboard and any("موقع" in title for title in keyboard), keyboard
@@ -233,6 +254,8 @@ async def test_redelivered_update_is_answered_once_even_after_a_restart(
             help_answers = [m["text"] for m in citizen.answers()]
             assert len(help_answers) == 2 and "/status" in help_answers[0], help_answers
             assert telegram_input(service).duplicates == 1
+            # This test is about re-delivery, not shutdown: stop an idle service (see the drain test).
+            await outbox_idle(service)
 
         async with running(settings) as service:  # a new process: only the database remembers
             citizen._act()
@@ -304,6 +327,40 @@ async def test_flood_control_storm_delays_but_loses_nothing(
             assert texts[2].startswith("فهمت طلبك") and texts[2].endswith("إلغاء"), texts[2]
             assert texts[3].startswith("تم الإلغاء")
         assert len(tg.sent) == 10
+
+
+async def test_shutdown_lets_the_outbox_finish_a_notice_it_is_sending(
+    sqlite_bot_url: str, tmp_path: Path, trained_nlu_dir: Path
+) -> None:
+    """SIGTERM while the background outbox loop is sending a status notice (held by a short 429): the
+    notice still goes out before the process ends, instead of waiting a lease out after the restart."""
+    async with FakeTelegram() as tg:
+        settings = telegram_settings(tg, sqlite_bot_url, tmp_path, max_retry_after_s=1.0)
+        service = Service(settings)
+        await service.start()
+        try:
+            citizen = Citizen(tg, 5_550_601)
+            citizen.says("I want to know the opening hours of the passport office in Muharraq on Saturdays")
+            await citizen.expect("Inquiry")
+            citizen.presses("confirm")
+            reference = reference_in(await citizen.expect("TWS-"))
+            await outbox_idle(service)
+
+            # The inline attempt meets a 429 longer than max_retry_after_s and hands the notice back to
+            # the outbox; the background loop's attempt meets a 1 s 429 and waits it out in place.
+            tg.fail("sendMessage", times=1, status=429, retry_after=2)
+            tg.fail("sendMessage", times=1, status=429, retry_after=1)
+            sends_before = len(tg.calls_to("sendMessage"))
+            citizen._act()
+            await staff(service).set_status(reference, "under_review")
+            await wait_until(
+                lambda: len(tg.calls_to("sendMessage")) == sends_before + 2,
+                timeout=WAIT_S,
+                what="the outbox loop's attempt",
+            )
+        finally:
+            await service.stop()  # while the loop waits out the second 429
+        assert any(reference in m["text"] for m in citizen.answers()), citizen.texts()
 
 
 async def test_photo_sent_during_the_draft_is_attached_to_the_backend_case(

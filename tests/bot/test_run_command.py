@@ -55,22 +55,43 @@ async def test_without_tokens_it_chats_on_the_terminal_and_says_how_to_turn_chan
     tmp_path: Path, trained_nlu_dir: Path
 ) -> None:
     script = f"مرحبا\n{COMPLAINT}\n1\n1\n2\n"  # confirm, skip the location, send now
-    proc = await asyncio.create_subprocess_exec(
-        *tawasul_command(),
-        "run",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=service_env(tmp_path, trained_nlu_dir),
-        cwd=tmp_path,
-    )
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("wb") as err_file:
+        proc = await asyncio.create_subprocess_exec(
+            *tawasul_command(),
+            "run",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err_file,
+            env=service_env(tmp_path, trained_nlu_dir),
+            cwd=tmp_path,
+        )
+    assert proc.stdin is not None and proc.stdout is not None
+    transcript = b""
+
+    async def read_until_the_reference() -> None:
+        nonlocal transcript
+        assert proc.stdout is not None
+        while not REF_RE.search(transcript.decode(errors="replace")):
+            chunk = await proc.stdout.read(4096)
+            if not chunk:
+                return
+            transcript += chunk
+
     try:
-        out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(script.encode()), START_S)
+        proc.stdin.write(script.encode())
+        await proc.stdin.drain()
+        # End of input once the last answer is out, as a person at the keyboard would press Ctrl-D.
+        # (Closing stdin at once races the filing; see the shutdown-drain test in test_e2e_telegram.)
+        await asyncio.wait_for(read_until_the_reference(), START_S)
+        proc.stdin.close()
+        transcript += await asyncio.wait_for(proc.stdout.read(), START_S)
+        await asyncio.wait_for(proc.wait(), START_S)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    out, err = out_bytes.decode(), err_bytes.decode()
+    out, err = transcript.decode(), stderr.read_text(encoding="utf-8", errors="replace")
     assert proc.returncode == 0, err[-3000:]
 
     # The bot's answers, in conversation order: welcome, the understood complaint, the questions, the
