@@ -255,11 +255,9 @@ class DialogueEngine:
         )).scalar_one()
         if count <= limit:
             return False
-        lang = citizen.language or self.settings.dialogue.default_language
-        view = _view(citizen, first_contact=False, default=self.settings.dialogue.default_language)
         minute = now.strftime("%Y%m%d%H%M")
-        await queue_message(session, view, OutgoingMessage(text=self.policy.t(lang, "flood"), language=lang),
-                            dedup_key=f"flood:{citizen.id}:{minute}")
+        await self._notify(session, citizen, lambda lang: self._text(lang, "flood"),
+                           dedup_key=f"flood:{citizen.id}:{minute}")
         log.info("flood limit reached for %s", mask_id(citizen.channel_user_id))
         self.metrics.turn(citizen.channel, "flood")
         return True
@@ -280,12 +278,20 @@ class DialogueEngine:
         conv.state = str(State.IDLE)
         conv.data = data.to_json()
         conv.last_activity_at = now
-        lang = citizen.language or self.settings.dialogue.default_language
-        view = _view(citizen, first_contact=False, default=self.settings.dialogue.default_language)
-        await queue_message(session, view, self.policy.timeout_notice(lang, has_draft),
-                            dedup_key=f"timeout:{citizen.id}:{conv.version}:{last.isoformat()}")
+        await self._notify(session, citizen, lambda lang: self.policy.timeout_notice(lang, has_draft),
+                           dedup_key=f"timeout:{citizen.id}:{conv.version}:{last.isoformat()}")
         self.metrics.turn(citizen.channel, "timeout")
         return True
+
+    def _text(self, lang: str, key: str) -> OutgoingMessage:
+        return OutgoingMessage(text=self.policy.t(lang, key), language=lang)
+
+    async def _notify(self, session: AsyncSession, citizen: Citizen,
+                      build: Callable[[str], OutgoingMessage], *, dedup_key: str) -> None:
+        """Queue a notice the engine itself sends (outside a policy turn), in the citizen's language."""
+        default = self.settings.dialogue.default_language
+        view = _view(citizen, first_contact=False, default=default)
+        await queue_message(session, view, build(view.language), dedup_key=dedup_key)
 
     async def _fail_turn(self, citizen_id: int) -> None:
         """Mark the message that failed as processed (so it cannot wedge the conversation) and say so."""
@@ -297,11 +303,8 @@ class DialogueEngine:
                 citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
                 record.processed_at = self.clock()
                 record.error = "policy_error"
-                lang = citizen.language or self.settings.dialogue.default_language
-                view = _view(citizen, first_contact=False, default=self.settings.dialogue.default_language)
-                await queue_message(session, view,
-                                    OutgoingMessage(text=self.policy.t(lang, "error_generic"), language=lang),
-                                    dedup_key=f"error:{record.id}")
+                await self._notify(session, citizen, lambda lang: self._text(lang, "error_generic"),
+                                   dedup_key=f"error:{record.id}")
             self.metrics.turn("unknown", "error")
         except Exception:  # the database itself is failing: the sweeper retries the message later
             log.exception("could not record the failed turn of citizen %s", citizen_id)

@@ -119,11 +119,11 @@ class QueueFilter:
         if self.ptype:
             conds.append(ReviewItem.predicted_type == self.ptype)
         if self.ftype:
-            conds.append(self.ftype == FINAL_TYPE)
+            conds.append(FINAL_TYPE == self.ftype)  # noqa: SIM300 - a SQL expression, column first
         if self.pagency:
             conds.append(ReviewItem.predicted_agency == self.pagency)
         if self.fagency:
-            conds.append(self.fagency == FINAL_AGENCY)
+            conds.append(FINAL_AGENCY == self.fagency)  # noqa: SIM300 - a SQL expression, column first
         if self.language:
             conds.append(ReviewItem.language == self.language)
         if self.channel:

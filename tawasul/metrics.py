@@ -6,9 +6,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import logging
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -48,8 +53,8 @@ def metrics_handler(service: Any) -> Callable[[web.Request], Awaitable[web.Respo
             for status in ("pending", "done", "dead"):
                 metrics.outbox_depth.labels(status=status).set(stats.get(status, 0))
             metrics.outbox_age.set(stats.get("oldest_pending_age_s", 0.0))
-        except Exception:  # the database is down: still expose the counters
-            pass
+        except Exception as exc:  # the database is down: still expose the counters (the gauges keep old values)
+            log.warning("outbox gauges not refreshed: %s", type(exc).__name__)
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
