@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test lint bench bench-nlu browser clean
+.PHONY: setup run test lint bench bench-nlu browser rasa-setup clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,19 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
 
+# Rasa 3.6 lives in its own Python 3.10 venv (its pins must never enter .venv); pinned by
+# scripts/rasa-constraints.txt; idempotent (a stamp holds the Rasa version and the lock's hash).
+RASA_VENV := .venv-rasa
+RASA_STAMP := $(RASA_VENV)/.installed
+
+rasa-setup: $(RASA_STAMP)
+$(RASA_STAMP): scripts/rasa_setup.sh scripts/rasa-constraints.txt
+	bash scripts/rasa_setup.sh
+
 run: setup
 	$(BIN)/tawasul run
 
-test: setup browser
+test: setup browser rasa-setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
@@ -37,5 +46,9 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_nlu_embedded.py
 
+# Embedded engine vs Rasa DIET on the same held-out split (trains both; Rasa takes many minutes).
+bench-nlu: setup rasa-setup
+	$(BIN)/python benchmarks/bench_nlu_compare.py
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(RASA_VENV) var/rasa
