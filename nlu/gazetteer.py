@@ -62,8 +62,11 @@ def _prefix_variants(token: str) -> list[str]:
     return list(dict.fromkeys(variants))
 
 
-def _deletes(token: str) -> set[str]:
-    return {token[:i] + token[i + 1 :] for i in range(len(token))}
+# The agency, place and topic gazetteers all look up the same new words: their one-deletion forms are made once.
+@lru_cache(maxsize=16384)
+def _deletes(token: str) -> frozenset[str]:
+    """The token and its one-deletion forms."""
+    return frozenset({token, *(token[:i] + token[i + 1 :] for i in range(len(token)))})
 
 
 class Gazetteer:
@@ -99,7 +102,7 @@ class Gazetteer:
             for word in self._vocab:
                 if len(word) < _MIN_FUZZY_TOKEN:
                     continue
-                for form in _deletes(word) | {word}:
+                for form in _deletes(word):
                     self._fuzzy_index.setdefault(form, set()).add(word)
 
     def __len__(self) -> int:
@@ -127,7 +130,7 @@ class Gazetteer:
         if len(token) < _MIN_FUZZY_TOKEN or token in self._vocab:
             return None
         found: set[str] = set()
-        for form in _deletes(token) | {token}:
+        for form in _deletes(token):
             found |= self._fuzzy_index.get(form, set())
         return next(iter(found)) if len(found) == 1 else None
 

@@ -132,16 +132,16 @@ def test_reviewed_data_is_train_only(nlu_settings: Settings, tmp_path: Path) -> 
     # a staff-reviewed copy of a held-out example: it trains, and the hand-written twin leaves held-out
     twin = next(e for e in base.heldout if e.intent == "file_case")
     _write(
-        reviewed / "r.yml",
+        reviewed / "staff_batch_01.yml",
         f'version: "3.1"\nnlu:\n- intent: {twin.type}\n'
         f"  metadata: {{agency: {twin.agency}, style: {twin.style}}}\n"
         f"  examples: |\n    - {twin.text}\n    - a brand new reviewed example about potholes in Sitra\n",
     )
     with_reviewed = load_dataset(settings_with(nlu_settings, reviewed_data_dir=reviewed))
     assert not any(
-        e.source.endswith("r.yml:6") or e.source.endswith("r.yml:7") for e in with_reviewed.heldout
+        e.source.endswith("staff_batch_01.yml:6") or e.source.endswith("staff_batch_01.yml:7") for e in with_reviewed.heldout
     )
-    assert sum(e.source.startswith(str(reviewed)) or "r.yml" in e.source for e in with_reviewed.train) == 2
+    assert sum(e.source.startswith(str(reviewed)) or "staff_batch_01.yml" in e.source for e in with_reviewed.train) == 2
     assert twin.source not in {e.source for e in with_reviewed.heldout}
     assert with_reviewed.moved_to_train >= 1
     assert with_reviewed.data_hash != base.data_hash
