@@ -10,8 +10,10 @@ overrides only what its platform supports.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -108,6 +110,29 @@ class OutgoingMessage:
 
 
 MessageHandler = Callable[[IncomingMessage, "OutputChannel"], Awaitable[None]]
+
+# A webhook may acknowledge an update only once it is stored: the platform never sends an acknowledged
+# update again, so a crash between the acknowledgement and the store would lose it. The channel sets a
+# callback around its call of the handler (``accepting``); the handler calls ``accepted()`` as soon as the
+# message is stored durably or recognised as a re-delivery.
+_accepted: ContextVar[Callable[[], None] | None] = ContextVar("tawasul_accepted", default=None)
+
+
+def accepted() -> None:
+    """Called by a ``MessageHandler``: the incoming message is safe, its webhook may answer now."""
+    callback = _accepted.get()
+    if callback is not None:
+        callback()
+
+
+@contextlib.contextmanager
+def accepting(callback: Callable[[], None]) -> Iterator[None]:
+    """Run the handler call inside this block to hear its ``accepted()``."""
+    token = _accepted.set(callback)
+    try:
+        yield
+    finally:
+        _accepted.reset(token)
 
 
 def numbered_choices(buttons: Sequence[Button]) -> str:

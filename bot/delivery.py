@@ -50,6 +50,10 @@ class RecentIds:
             self._ids.popitem(last=False)
         return True
 
+    def discard(self, item: str) -> None:
+        """Forget ``item`` (its handling failed before anything was stored: a re-delivery must run)."""
+        self._ids.pop(item, None)
+
     def __contains__(self, item: object) -> bool:
         return item in self._ids
 

@@ -9,6 +9,8 @@ off, which variables turn it on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -31,7 +33,9 @@ def build_channels(
     window_tracker: WindowTracker | None = None,
     on_status: StatusHook | None = None,
     on_sent: SentHook | None = None,
+    on_throttled: Callable[[str], None] | None = None,
 ) -> list[InputChannel]:
+    """``on_throttled(channel)`` is called for every rate-limit answer a platform gives (for /metrics)."""
     channels: list[InputChannel] = []
     if settings.telegram.enabled:
         from bot.telegram import TelegramInput
@@ -39,7 +43,8 @@ def build_channels(
         telegram_limiter: RateLimiter | None = None
         if db is not None:
             telegram_limiter = SharedRateLimiter(db, settings.telegram.global_rate_per_s)
-        channels.append(TelegramInput(settings.telegram, settings.server, global_limiter=telegram_limiter))
+        channels.append(TelegramInput(settings.telegram, settings.server, global_limiter=telegram_limiter,
+                                      on_throttled=on_throttled and partial(on_throttled, "telegram")))
     if settings.whatsapp.enabled:
         from bot.whatsapp import WhatsAppInput
 
@@ -55,6 +60,7 @@ def build_channels(
                 window_tracker=window_tracker,
                 on_status=on_status,
                 on_sent=on_sent,
+                on_throttled=on_throttled and partial(on_throttled, "whatsapp"),
             )
         )
     return channels

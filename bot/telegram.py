@@ -6,8 +6,9 @@ Updates arrive either through our webhook route (webhook mode: ``server.public_u
 our getUpdates long-polling loop (the default), which feeds the same queue. Either way PTB's Application
 takes the update from its queue, in a task it tracks and drains on stop, and calls
 ``TelegramInput._dispatch``: that translates the update and awaits the app's ``MessageHandler``. Updates of
-one chat run in order; chats run in parallel. Polling must run in one process only (Telegram allows one
-getUpdates consumer per bot); with several workers use the webhook.
+one chat run in order; chats run in parallel. The webhook answers 200 once the handler has stored the
+update (``bot.channel.accepted()``), 503 if it could not (Telegram retries). Polling must run in one process
+only (Telegram allows one getUpdates consumer per bot); with several workers use the webhook.
 
 Outbound requests pass ``TelegramRateLimiter`` (our budgets, PTB's rate-limiter hook) and PTB's ``Bot``.
 Delivery errors surface as ``bot.channel.DeliveryFailed`` (permanent, or with ``retry_after``).
@@ -63,6 +64,7 @@ from bot.channel import (
     MessageHandler,
     OutgoingMessage,
     OutputChannel,
+    accepting,
 )
 from bot.delivery import AttachmentTooLarge, RecentIds, SendProgress
 from bot.ratelimit import InProcessRateLimiter, KeyedLocks, RateLimiter, backoff_delay
@@ -138,7 +140,9 @@ class TelegramRateLimiter(BaseRateLimiter[int]):
         *,
         global_limiter: RateLimiter | None = None,
         chat_limiter: RateLimiter | None = None,
+        on_throttled: Callable[[], None] | None = None,
     ) -> None:
+        self._on_throttled = on_throttled  # every 429 Telegram answers (observability, /metrics)
         self._global = global_limiter or InProcessRateLimiter(
             settings.global_rate_per_s, burst=max(1, int(settings.global_rate_per_s))
         )
@@ -178,6 +182,8 @@ class TelegramRateLimiter(BaseRateLimiter[int]):
             try:
                 return await callback(*args, **kwargs)
             except RetryAfter as exc:
+                if self._on_throttled is not None:
+                    self._on_throttled()
                 if not counted:  # getUpdates, getFile, ...: their callers wait as they see fit
                     raise
                 seconds = retry_after_seconds(exc)
@@ -327,6 +333,10 @@ class TelegramOutput(OutputChannel):
             del self._keyboards[chat_id]
         return True
 
+    def release_press(self, chat_id: int, message_id: int) -> None:
+        """Forget a press that could not be stored, so the platform's next delivery of it counts."""
+        self._pressed.pop((chat_id, message_id), None)
+
     async def _send_pieces(
         self,
         chat_id: int,
@@ -396,6 +406,7 @@ class TelegramInput(InputChannel):
         *,
         global_limiter: RateLimiter | None = None,
         chat_limiter: RateLimiter | None = None,
+        on_throttled: Callable[[], None] | None = None,
     ) -> None:
         if not telegram.enabled or telegram.bot_token is None:
             raise ValueError("telegram.bot_token (TELEGRAM_BOT_TOKEN) is required for the Telegram channel")
@@ -404,7 +415,7 @@ class TelegramInput(InputChannel):
         self._webhook_url = webhook_url(telegram, server)
         self._secret = webhook_secret(telegram)
         self.rate_limiter = TelegramRateLimiter(
-            telegram, global_limiter=global_limiter, chat_limiter=chat_limiter
+            telegram, global_limiter=global_limiter, chat_limiter=chat_limiter, on_throttled=on_throttled
         )
         self.application: Application[Any, Any, Any, Any, Any, Any] = (
             Application.builder()
@@ -423,6 +434,8 @@ class TelegramInput(InputChannel):
         self._output = TelegramOutput(self.application.bot, telegram)
         self._handler: MessageHandler | None = None
         self._recent = RecentIds()
+        # Webhook updates in hand, by update_id: True once stored (answer 200), False if it failed (503).
+        self._acks: dict[int, asyncio.Future[bool]] = {}
         self._stopping = asyncio.Event()
         self._poll_task: asyncio.Task[None] | None = None
         self.duplicates = 0  # re-delivered updates answered without the handler (observability, tests)
@@ -599,14 +612,46 @@ class TelegramInput(InputChannel):
                 "telegram webhook: malformed update rejected (%s: %s)", type(exc).__name__, str(exc)[:120]
             )
             return web.json_response({"error": "malformed update"}, status=400)
-        if message_id_for(update.update_id) in self._recent:
+        # Acknowledge once the update is stored, not when it is queued: Telegram never sends an acknowledged
+        # update again, so a crash in between would lose it. A retry of an update still in hand waits for
+        # the same outcome; one that could not be stored is answered 503 and Telegram sends it again.
+        waiter = self._acks.get(update.update_id)
+        if waiter is not None:
+            self.duplicates += 1
+        elif message_id_for(update.update_id) in self._recent:
             self.duplicates += 1
             return web.json_response({"ok": True, "duplicate": True})
-        # Acknowledge now; the Application processes the queue in its own tasks.
-        await self.application.update_queue.put(update)
+        else:
+            waiter = self._acks[update.update_id] = asyncio.get_running_loop().create_future()
+            await self.application.update_queue.put(update)
+        if not await asyncio.shield(waiter):
+            return web.json_response({"error": "not stored; send it again"}, status=503)
         return web.json_response({"ok": True})
 
     async def _dispatch(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        waiter = self._acks.get(update.update_id)
+
+        def stored() -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
+
+        try:
+            with accepting(stored):
+                await self._dispatch_update(update)
+        except BaseException:
+            if waiter is not None and not waiter.done():
+                # Not stored: forget the update (and its press) so that Telegram's next delivery runs.
+                self._recent.discard(message_id_for(update.update_id))
+                query = update.callback_query
+                if query is not None and query.message is not None:
+                    self._output.release_press(query.message.chat.id, query.message.message_id)
+                waiter.set_result(False)
+            raise
+        finally:
+            stored()  # handled without storing anything (nothing to answer, a re-delivery)
+            self._acks.pop(update.update_id, None)
+
+    async def _dispatch_update(self, update: Update) -> None:
         if not self._recent.add(message_id_for(update.update_id)):
             self.duplicates += 1
             log.info("telegram update %s delivered again: ignored", update.update_id)

@@ -5,9 +5,11 @@ Inbound (``WhatsAppInput``, routes on the shared aiohttp app at ``whatsapp.webho
 * ``GET``: the subscription handshake - ``hub.mode=subscribe`` and ``hub.verify_token`` equal to
   ``WHATSAPP_VERIFY_TOKEN`` echo ``hub.challenge``; anything else is 403.
 * ``POST``: ``X-Hub-Signature-256`` must be ``sha256=`` + HMAC-SHA256(app secret, raw body), else 401. A body
-  we cannot read is 400 (logged, redacted). Otherwise 200 at once; each message then runs in a background
-  task (one citizen's messages in order): read receipt, window bookkeeping, media size lookup, then the
-  app's ``MessageHandler``. Re-deliveries of a recent message id are answered without running it again.
+  we cannot read is 400 (logged, redacted). Otherwise each message runs in a background task (one
+  citizen's messages in order): read receipt, window bookkeeping, media size lookup, then the app's
+  ``MessageHandler``; the answer is 200 once every message is stored (the handler calls
+  ``bot.channel.accepted()``), 503 if one could not be (Meta retries). Re-deliveries of a recent message id
+  are answered without running it again.
   Status callbacks (sent/delivered/read/failed) are logged and passed to the optional ``StatusHook``.
 
 Outbound (``WhatsAppOutput``): text, reply buttons or paged lists, location requests, and for a
@@ -17,6 +19,7 @@ notification outside the 24-hour customer-service window the approved template f
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
@@ -40,6 +43,7 @@ from bot.channel import (
     MessageHandler,
     OutgoingMessage,
     OutputChannel,
+    accepting,
 )
 from bot.delivery import RecentIds, SendProgress, TaskSet
 from bot.ratelimit import RateLimiter
@@ -204,6 +208,7 @@ class WhatsAppInput(InputChannel):
         on_status: StatusHook | None = None,
         on_sent: SentHook | None = None,
         clock: Clock = _utcnow,
+        on_throttled: Callable[[], None] | None = None,
     ) -> None:
         if not settings.enabled:
             raise ValueError("whatsapp.access_token and whatsapp.phone_number_id are required")
@@ -212,12 +217,14 @@ class WhatsAppInput(InputChannel):
         self._app_secret = settings.app_secret.get_secret_value().encode() if settings.app_secret else b""
         self._verify_token = settings.verify_token.get_secret_value() if settings.verify_token else ""
         self.tracker: WindowTracker = window_tracker or InMemoryWindowTracker()
-        self.client = GraphClient(settings, session, limiter=limiter)
+        self.client = GraphClient(settings, session, limiter=limiter, on_throttled=on_throttled)
         self._output = WhatsAppOutput(settings, self.client, self.tracker, on_sent=on_sent, clock=clock)
         self._on_status = on_status
         self._handler: MessageHandler | None = None
         self._tasks = TaskSet("whatsapp")
         self._recent = RecentIds()
+        # Messages in hand, by message id: True once stored (the webhook answers 200), False if that failed.
+        self._acks: dict[str, asyncio.Future[bool]] = {}
         self.duplicates = 0  # re-deliveries answered without the handler (observability, tests)
         if not settings.webhook_enabled:
             log.warning(
@@ -294,16 +301,28 @@ class WhatsAppInput(InputChannel):
             log.info("whatsapp webhook: %d item(s) for another phone number ignored", parsed.other_numbers)
         if self._tasks.closed:
             return web.json_response({"error": "shutting down"}, status=503)  # Meta retries later
+        # Answer once every message is stored, not when it is queued: Meta does not send an acknowledged
+        # webhook again, so a crash in between would lose it. A retry of a message still in hand waits for
+        # the same outcome; if one could not be stored the answer is 503 and Meta sends the body again.
+        waiters: list[asyncio.Future[bool]] = []
         for incoming in parsed.messages:
+            waiter = self._acks.get(incoming.message_id)
+            if waiter is not None:
+                self.duplicates += 1
+                waiters.append(waiter)
+                continue
             if not self._recent.add(incoming.message_id):
                 self.duplicates += 1
                 log.info("whatsapp message %s delivered again: ignored", mask_id(incoming.message_id))
                 continue
-            self._tasks.spawn(
+            waiter = self._acks[incoming.message_id] = asyncio.get_running_loop().create_future()
+            waiters.append(waiter)
+            if not self._tasks.spawn(
                 incoming.sender_id,
-                functools.partial(self._process, incoming),
+                functools.partial(self._process, incoming, waiter),
                 f"message {mask_id(incoming.message_id)}",
-            )
+            ):
+                self._not_stored(incoming, waiter)
         for status in parsed.statuses:
             if not self._recent.add(f"{status.message_id}:{status.status}"):
                 continue
@@ -312,9 +331,32 @@ class WhatsAppInput(InputChannel):
                 functools.partial(self._record_status, status),
                 f"status {status.status}",
             )
+        if not all(await asyncio.gather(*(asyncio.shield(w) for w in waiters))):
+            return web.json_response({"error": "not stored; send it again"}, status=503)
         return web.json_response({"ok": True})
 
-    async def _process(self, incoming: IncomingMessage) -> None:
+    def _not_stored(self, incoming: IncomingMessage, waiter: asyncio.Future[bool]) -> None:
+        if not waiter.done():
+            self._recent.discard(incoming.message_id)  # Meta's next delivery of it must run
+            waiter.set_result(False)
+        self._acks.pop(incoming.message_id, None)
+
+    async def _process(self, incoming: IncomingMessage, waiter: asyncio.Future[bool]) -> None:
+        def stored() -> None:
+            if not waiter.done():
+                waiter.set_result(True)
+
+        try:
+            with accepting(stored):
+                await self._process_message(incoming)
+        except BaseException:
+            self._not_stored(incoming, waiter)
+            raise
+        finally:
+            stored()  # handled without storing anything (a "more" page)
+            self._acks.pop(incoming.message_id, None)
+
+    async def _process_message(self, incoming: IncomingMessage) -> None:
         sender = incoming.sender_id
         wamid = incoming.message_id.removeprefix("wa:")
         if self._settings.mark_read:

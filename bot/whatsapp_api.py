@@ -50,6 +50,11 @@ class GraphError:
     throughput: bool = False  # pause the whole number
     outside_window: bool = False
 
+    @property
+    def throttled(self) -> bool:
+        """A rate limit answered (throughput, pair or spam rate, HTTP 429): counted as a platform 429."""
+        return self.throughput or self.code in (PAIR_RATE_CODE, SPAM_RATE_CODE) or self.http_status == 429
+
     def describe(self) -> str:
         code = self.code if self.code is not None else "-"
         return f"graph error {code} (HTTP {self.http_status}): {self.message}"
@@ -107,6 +112,7 @@ class GraphClient:
         *,
         limiter: RateLimiter | None = None,
         sleep: Sleep = asyncio.sleep,
+        on_throttled: Callable[[], None] | None = None,
     ) -> None:
         if settings.access_token is None or not settings.phone_number_id:
             raise ValueError("whatsapp.access_token and whatsapp.phone_number_id are required")
@@ -121,6 +127,7 @@ class GraphClient:
         )
         self._limit_key = f"whatsapp:{settings.phone_number_id}"
         self._sleep = sleep
+        self._on_throttled = on_throttled  # observability (/metrics); the back-off below is the reaction
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
         self.retries = 0  # sends retried in place (observability and tests)
 
@@ -162,6 +169,8 @@ class GraphClient:
                     retry_after = _retry_after_header(resp.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = GraphError(0, None, f"network: {type(exc).__name__}", permanent=False)
+            if error.throttled and self._on_throttled is not None:
+                self._on_throttled()
             if error.permanent:
                 raise GraphFailed(error)
             delay = (

@@ -41,6 +41,11 @@ class ServerSettings(_Section):
     public_url: str | None = None
     # Largest webhook body accepted; larger ones are answered 413.
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Bind with SO_REUSEPORT (Linux) so several worker processes share host:port; the kernel spreads
+    # connections over them. `tawasul run --workers N` sets it for its children.
+    reuse_port: bool = False
+    # Worker processes `tawasul run` starts (1: this process serves; more: it supervises that many).
+    workers: int = Field(1, ge=1, le=64)
 
 
 class DatabaseSettings(_Section):
@@ -154,6 +159,10 @@ class OutboxSettings(_Section):
     max_attempts: int = Field(12, ge=1)
     backoff_base_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
+    # How long a claimed item belongs to its worker. A worker that dies holding items (and the later
+    # items of those citizens, which wait in order) delays them this long; it must exceed the longest send
+    # (platform rate-limit waits in place), or a slow send is made twice.
+    lease_s: float = Field(60.0, ge=1)
 
 
 class TelegramSettings(_Section):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,11 +38,37 @@ from tawasul.outbox import Job, PermanentFailure, RetryLater, enqueue
 from tawasul.privacy import mask_id, redact
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SEND = "send"
 FILE_CASE = "file_case"
 BACKEND_REPLY = "backend_reply"
 BACKEND_RATE = "backend_rate"
+
+
+class CaseMetrics(Protocol):
+    """What the case jobs report; the app wires Prometheus counters, tests may leave it out."""
+
+    def delivered(self, channel: str) -> None: ...
+
+    def backend_error(self, kind: str, error: str) -> None: ...
+
+
+class _NoMetrics:
+    def delivered(self, channel: str) -> None:
+        return None
+
+    def backend_error(self, kind: str, error: str) -> None:
+        return None
+
+
+def backend_error_kind(exc: BackendError) -> str:
+    """A low-cardinality label for a failed backend call."""
+    if isinstance(exc, BackendUnavailable):
+        return "unavailable"  # down, 5xx, timeout
+    if isinstance(exc, BackendRejected):
+        return "rejected"  # 4xx: our request or its data
+    return "protocol"  # an answer we could not read, or no token configured
 
 
 def ordering_key(citizen_id: int) -> str:
@@ -53,6 +79,12 @@ def idempotency_key(channel: str, channel_user_id: str, draft_id: str) -> str:
     """Derived from the draft, so a double tap or a retried filing reuses it and never files twice."""
     digest = hashlib.sha256(f"{channel}|{channel_user_id}|{draft_id}".encode()).hexdigest()[:40]
     return f"tawasul-{digest}"
+
+
+def pending_reference(key: str) -> str:
+    """What a review item names until the backend gives the case its reference: derived from the idempotency
+    key and short enough for ``review_items.case_reference`` (32 characters; PostgreSQL enforces it)."""
+    return f"pending:{key.removeprefix('tawasul-')[:24]}"
 
 
 async def queue_message(
@@ -69,9 +101,11 @@ async def queue_message(
 class DbCaseDirectory:
     """The citizen's own cases: the local mirror decides ownership; the backend supplies live status."""
 
-    def __init__(self, session: AsyncSession, backend: BackendClient | None) -> None:
+    def __init__(self, session: AsyncSession, backend: BackendClient | None,
+                 metrics: CaseMetrics | None = None) -> None:
         self.session = session
         self.backend = backend
+        self.metrics: CaseMetrics = metrics or _NoMetrics()
 
     async def find(self, citizen: CitizenView, reference: str) -> CaseView | None:
         record = (
@@ -86,7 +120,8 @@ class DbCaseDirectory:
             return view
         try:
             case = await self.backend.get_case(reference)
-        except BackendError:
+        except BackendError as exc:
+            self.metrics.backend_error("status", backend_error_kind(exc))
             return CaseView(**{**_asdict(view), "stale": True})
         if (case.channel, case.channel_user_id) != (citizen.channel, citizen.channel_user_id):
             return None
@@ -125,6 +160,8 @@ class CaseService:
         outputs: dict[str, OutputChannel],
         call_centre: str,
         rng: Callable[[], float] = random.random,
+        *,
+        metrics: CaseMetrics | None = None,
     ) -> None:
         self.db = db
         self.backend = backend
@@ -134,6 +171,7 @@ class CaseService:
         self.outputs = outputs
         self.call_centre = call_centre
         self.rng = rng
+        self.metrics: CaseMetrics = metrics or _NoMetrics()
 
     # -- called by the engine inside a turn's transaction -----------------------------------------
     async def register_filing(self, session: AsyncSession, citizen: CitizenView, draft: Draft, lang: str,
@@ -179,7 +217,7 @@ class CaseService:
             predicted_agency_confidence=draft.agency_confidence,
             candidates={"agency": [[a, c] for a, c in draft.candidates]},
             citizen_type=draft.type, citizen_agency=draft.agency,
-            case_reference=f"pending:{idempotency_key(citizen.channel, citizen.channel_user_id, draft.id)}",
+            case_reference=pending_reference(idempotency_key(citizen.channel, citizen.channel_user_id, draft.id)),
         ))
 
     # -- outbox jobs ------------------------------------------------------------------------------
@@ -195,6 +233,7 @@ class CaseService:
             if exc.permanent:
                 raise PermanentFailure(str(exc)) from exc
             raise RetryLater(str(exc), delay_s=exc.retry_after) from exc
+        self.metrics.delivered(p["channel"])
         async with self.db.session() as session:
             await record_outbound(session, p["citizen_id"], p["channel"], message.text,
                                   {"buttons": [b.payload for b in message.buttons], "outbox_id": job.id})
@@ -220,7 +259,7 @@ class CaseService:
                 channel=p["channel"], channel_user_id=p["recipient"], location=location,
                 attachment_ids=attachment_ids, nlu=nlu,
             )
-            case = await self.backend.create_case(create, p["idempotency_key"])
+            case = await self._backend_call("file_case", self.backend.create_case(create, p["idempotency_key"]))
         except BackendUnavailable as exc:
             if job.attempts == 1:
                 await self._tell(p, "filing_delayed", dedup=f"delayed:{p['case_id']}")
@@ -234,7 +273,7 @@ class CaseService:
                     expected_response_by=case.expected_response_by, updated_at=utcnow())
             )
             await session.execute(
-                update(ReviewItem).where(ReviewItem.case_reference == f"pending:{p['idempotency_key']}")
+                update(ReviewItem).where(ReviewItem.case_reference == pending_reference(p["idempotency_key"]))
                 .values(case_reference=case.reference)
             )
             type_name = self.t(lang, f"type_{case.type}")
@@ -256,8 +295,8 @@ class CaseService:
                     log.warning("attachment could not be fetched: %s", exc)
                     continue
                 raise RetryLater(str(exc)) from exc
-            ref = await self.backend.upload_attachment(
-                data, att.mime_type or "application/octet-stream", att.filename)
+            ref = await self._backend_call("attachment", self.backend.upload_attachment(
+                data, att.mime_type or "application/octet-stream", att.filename))
             ids.append(ref.id)
         return ids
 
@@ -271,7 +310,7 @@ class CaseService:
             output = self.outputs.get(p["channel"])
             draft = Draft.from_json({"attachments": p.get("attachments", [])})
             ids = await self._upload_attachments(draft, output) if draft.attachments else []
-            await self.backend.add_reply(p["reference"], p.get("text"), ids)
+            await self._backend_call("reply", self.backend.add_reply(p["reference"], p.get("text"), ids))
         except BackendUnavailable as exc:
             raise RetryLater(type(exc).__name__) from exc
         except BackendRejected as exc:
@@ -280,11 +319,19 @@ class CaseService:
     async def job_backend_rate(self, job: Job) -> None:
         p = job.payload
         try:
-            await self.backend.rate(p["reference"], int(p["score"]), p.get("comment"))
+            await self._backend_call("rate", self.backend.rate(p["reference"], int(p["score"]), p.get("comment")))
         except BackendUnavailable as exc:
             raise RetryLater(type(exc).__name__) from exc
         except BackendRejected as exc:
             raise PermanentFailure(str(exc)) from exc
+
+    async def _backend_call(self, kind: str, call: Awaitable[_T]) -> _T:
+        """Await a backend call, counting its failure by kind (the caller still decides what it means)."""
+        try:
+            return await call
+        except BackendError as exc:
+            self.metrics.backend_error(kind, backend_error_kind(exc))
+            raise
 
     async def _tell(self, p: dict[str, Any], key: str, dedup: str, **params: Any) -> None:
         lang = p["language"]

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend_client.client import BackendClient
 from backend_client.models import StatusEvent
-from bot.channel import IncomingMessage, OutgoingMessage, OutputChannel, incoming_from_json
+from bot.channel import IncomingMessage, OutgoingMessage, OutputChannel, accepted, incoming_from_json
 from config.settings import Settings
 from dialogues.cases import (
     BACKEND_RATE,
@@ -64,6 +64,7 @@ from dialogues.store import (
 )
 from nlu.types import NLUResult, NLUUnavailable
 from tawasul.db import Database
+from tawasul.db.engine import database_unavailable
 from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, ProcessedEvent, utcnow
 from tawasul.outbox import Outbox, enqueue
 from tawasul.privacy import mask_id
@@ -128,6 +129,7 @@ class DialogueEngine:
             if fresh:
                 citizen.last_inbound_at = self.clock()
             citizen_id = citizen.id
+        accepted()  # committed: the webhook may acknowledge the platform now
         if not fresh:
             log.info("duplicate delivery of %s from %s ignored", msg.message_id, mask_id(msg.sender_id))
             self.metrics.turn(msg.channel, "duplicate")
@@ -189,7 +191,13 @@ class DialogueEngine:
                 await self._expire_if_idle(session, citizen, conv, now)
                 await self._turn(session, citizen, conv, record, now)
                 return True
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                # Not the message's fault: it stays unprocessed and is handled once the database answers
+                # again (the sweeper, or the citizen's next message) instead of being answered with an error.
+                log.warning("turn of citizen %s postponed: database unavailable (%s)", citizen_id,
+                            type(exc).__name__)
+                raise
             log.exception("turn failed for citizen %s; answering with a generic error", citizen_id)
             await self._fail_turn(citizen_id)
             return True
@@ -202,7 +210,7 @@ class DialogueEngine:
                      default=self.settings.dialogue.default_language)
         state = _state(conv.state)
         data = ConversationData.from_json(conv.data)
-        directory = DbCaseDirectory(session, self.status_backend)
+        directory = DbCaseDirectory(session, self.status_backend, self.cases.metrics)
         outcome = await self.policy.step(view, state, data, Turn(msg, nlu, now), directory)
         lang = await self._apply_effects(session, citizen, view, outcome, record)
         for i, reply in enumerate(outcome.replies):
@@ -390,6 +398,10 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def _outcome_label(outcome: Outcome) -> str:
+    """``tawasul_updates_in_total{outcome}``: filed, corrected (filed after the citizen changed what the NLU
+    proposed), cancelled (a draft or question dropped), else turn."""
+    if outcome.label is not None:
+        return outcome.label
     for effect in outcome.effects:
         if isinstance(effect, FileCase):
             return "corrected" if effect.draft.corrected else "filed"

@@ -175,6 +175,8 @@ class Outcome:
     data: ConversationData
     replies: list[OutgoingMessage] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
+    # What the turn amounts to for /metrics when its effects do not say ("cancelled"); None: derived.
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,13 @@ DIALOGUE_ACTS = frozenset(
      "out_of_scope"}
 )
 
+# The location question is a reply keyboard on Telegram (only those can ask for a location): a press
+# arrives as the button's title, which only the process that showed the keyboard maps to its payload.
+# Another worker, or the same one after a restart, receives plain text; these titles are read as presses.
+REPLY_KEYBOARDS: dict[State, tuple[tuple[str, str], ...]] = {
+    State.ASK_LOCATION: (("btn_skip", "skip"), ("btn_send_now", "send"), ("btn_cancel", "cancel")),
+}
+
 # Which input each state accepts besides the global commands/buttons (documentation and a test check it).
 TRANSITIONS: dict[State, dict[str, tuple[State, ...]]] = {
     State.IDLE: {"text": (State.CONFIRM, State.CHOOSE_TYPE, State.CHOOSE_AGENCY, State.AWAIT_REFERENCE,
@@ -103,6 +110,7 @@ class Policy:
         turn: Turn,
         cases: CaseDirectory,
     ) -> Outcome:
+        turn = self._as_pressed(state, turn)
         msg = turn.message
         lang = self._language(citizen, turn)
         ctx = _Ctx(self, citizen, lang, data, cases, turn)
@@ -128,6 +136,17 @@ class Policy:
 
         handler = _STATE_HANDLERS[state]
         return await handler(self, ctx)
+
+    def _as_pressed(self, state: State, turn: Turn) -> Turn:
+        """A reply-keyboard button's title typed back as text is that button's press (``REPLY_KEYBOARDS``)."""
+        msg = turn.message
+        text = (msg.text or "").strip()
+        if msg.button or not text:
+            return turn
+        for key, payload in REPLY_KEYBOARDS.get(state, ()):
+            if any(text == self.t(lang, key) for lang in ("ar", "en")):
+                return replace(turn, message=replace(msg, button=payload, text=None))
+        return turn
 
     def _language(self, citizen: CitizenView, turn: Turn) -> str:
         if citizen.language_locked:
@@ -225,7 +244,10 @@ class Policy:
         ctx.data.info_reference = None
         ctx.data.rating_reference = ctx.data.rating_score = None
         ctx.say("cancelled" if had_something else "nothing_to_cancel")
-        return ctx.menu(State.IDLE)
+        outcome = ctx.menu(State.IDLE)
+        if had_something:
+            outcome.label = "cancelled"
+        return outcome
 
     # ------------------------------------------------------------------ IDLE
     async def _idle(self, ctx: _Ctx) -> Outcome:

@@ -23,12 +23,10 @@ import contextlib
 import inspect
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from config.agencies import AGENCY_IDS
 from config.settings import Settings
@@ -279,23 +277,9 @@ class RasaEngine:
 
 # --- fallback --------------------------------------------------------------------------------------------
 
-_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-
-
-def fallback_counter(registry: CollectorRegistry | None = None) -> Counter:
-    """``tawasul_nlu_fallback_total{primary, fallback}``: messages the fallback engine answered because the
-    primary could not. One counter per registry (the service passes its ``Metrics.registry``)."""
-    registry = REGISTRY if registry is None else registry
-    counter = _COUNTERS.get(registry)
-    if counter is None:
-        counter = Counter(
-            "tawasul_nlu_fallback",
-            "Messages answered by the fallback NLU engine because the primary was unavailable",
-            ["primary", "fallback"],
-            registry=registry,
-        )
-        _COUNTERS[registry] = counter
-    return counter
+# Called with (primary name, fallback name) for every message the fallback answered; the service counts
+# these as ``tawasul_nlu_fallback_total`` on its own metrics (nlu/ knows nothing of Prometheus).
+FallbackHook = Callable[[str, str], None]
 
 
 class FallbackEngine:
@@ -314,7 +298,7 @@ class FallbackEngine:
         fallback: NLUEngine,
         *,
         retry_after_s: float = 15.0,
-        registry: CollectorRegistry | None = None,
+        on_fallback: FallbackHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.primary = primary
@@ -322,7 +306,8 @@ class FallbackEngine:
         self.name = primary.name
         self.retry_after_s = retry_after_s
         self._clock = clock
-        self._counter = fallback_counter(registry).labels(primary=primary.name, fallback=fallback.name)
+        self._on_fallback = on_fallback
+        self._fallbacks = 0
         self._down_since: float | None = None
         self._next_try = 0.0
         self._probe: asyncio.Task[None] | None = None
@@ -338,8 +323,9 @@ class FallbackEngine:
         return self.fallback.model_version if self.degraded else self.primary.model_version
 
     @property
-    def fallback_count(self) -> float:
-        return float(self._counter._value.get())
+    def fallback_count(self) -> int:
+        """Messages the fallback answered since this engine was built."""
+        return self._fallbacks
 
     async def parse(self, text: str) -> NLUResult:
         if self._down_since is not None and not self._due():
@@ -395,7 +381,12 @@ class FallbackEngine:
             self._down_since = None
 
     async def _from_fallback(self, text: str) -> NLUResult:
-        self._counter.inc()
+        self._fallbacks += 1
+        if self._on_fallback is not None:
+            try:
+                self._on_fallback(self.primary.name, self.fallback.name)
+            except Exception:  # counting must never cost the citizen an answer
+                log.exception("NLU fallback hook failed")
         try:
             return await self.fallback.parse(text)
         except Exception as exc:

@@ -15,12 +15,15 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from nlu.engine import EmbeddedEngine
 from nlu.registry import POINTER_FILE, ModelInfo, ModelRegistry
 from nlu.types import NLUEngine, NLUResult, NLUUnavailable
+
+if TYPE_CHECKING:
+    from nlu.rasa_engine import FallbackHook
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,14 @@ class NLUService:
         *,
         primary: NLUEngine | None = None,
         watch_interval_s: float = WATCH_INTERVAL_S,
+        on_fallback: FallbackHook | None = None,
     ) -> None:
         self.settings = settings
         self.registry = ModelRegistry(settings.nlu.model_dir)
         self._engine = engine
         self._info = info
         self._primary = primary  # Rasa, when the embedded engine is its fallback
+        self._on_fallback = on_fallback  # kept for the engines a reload builds
         self._watch_interval_s = watch_interval_s
         self._next_check = time.monotonic() + watch_interval_s
         self._pointer_mtime = self._pointer_stamp()
@@ -108,7 +113,7 @@ class NLUService:
             embedded = EmbeddedEngine.load(info.path, self.settings.nlu)
             engine: NLUEngine = embedded
             if self._primary is not None:
-                engine = _wrap_fallback(self._primary, embedded)
+                engine = _wrap_fallback(self._primary, embedded, self._on_fallback)
             self._engine, self._info = engine, info  # one assignment each; parse reads _engine once
             log.info("NLU model %s in use", info.version)
             return info
@@ -144,15 +149,16 @@ class NLUService:
         task.add_done_callback(done)
 
 
-def _wrap_fallback(primary: NLUEngine, fallback: NLUEngine) -> NLUEngine:
+def _wrap_fallback(primary: NLUEngine, fallback: NLUEngine, on_fallback: FallbackHook | None) -> NLUEngine:
     from nlu.rasa_engine import FallbackEngine
 
-    engine: NLUEngine = FallbackEngine(primary=primary, fallback=fallback)
+    engine: NLUEngine = FallbackEngine(primary=primary, fallback=fallback, on_fallback=on_fallback)
     return engine
 
 
-def build_nlu(settings: Settings) -> NLUService:
+def build_nlu(settings: Settings, *, on_fallback: FallbackHook | None = None) -> NLUService:
     """The service's NLU: the promoted embedded model, behind Rasa when ``settings.nlu.engine == "rasa"``.
+    ``on_fallback(primary, fallback)`` is called for each message the embedded engine answers for Rasa.
 
     Without a promoted model the service is still built; ``parse`` then raises ``NLUUnavailable`` until a
     model is trained and ``reload()`` (or the pointer watch) picks it up.
@@ -168,6 +174,8 @@ def build_nlu(settings: Settings) -> NLUService:
         from nlu.rasa_engine import RasaEngine  # lazily: the Rasa client is not needed on embedded defaults
 
         rasa: NLUEngine = RasaEngine(settings)
-        engine: NLUEngine | None = _wrap_fallback(rasa, embedded) if embedded is not None else rasa
-        return NLUService(settings, engine, info, primary=rasa)
+        engine: NLUEngine | None = (
+            _wrap_fallback(rasa, embedded, on_fallback) if embedded is not None else rasa
+        )
+        return NLUService(settings, engine, info, primary=rasa, on_fallback=on_fallback)
     return NLUService(settings, embedded, info)

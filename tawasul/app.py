@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -57,6 +58,9 @@ class Service:
         self._backend_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.app: web.Application | None = None
+        from tawasul.metrics import Metrics
+
+        self.metrics = Metrics()
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -76,10 +80,15 @@ class Service:
 
         # The web server first (port 0 picks a free port), so the embedded backend knows where to push events.
         self.app = web.Application(client_max_size=settings.server.max_body_bytes)
+        worker = os.environ.get("TAWASUL_WORKER_ID")
+        if worker is not None:  # several workers behind one port: say which one answered (debugging, tests)
+            self.app.on_response_prepare.append(_worker_header(worker))
         self.runner = web.AppRunner(self.app, access_log=None)
         await self._build_app()
         await self.runner.setup()
-        site = web.TCPSite(self.runner, settings.server.host, settings.server.port)
+        # reuse_port: several worker processes bind the same port (SO_REUSEPORT; `tawasul run --workers`).
+        site = web.TCPSite(self.runner, settings.server.host, settings.server.port,
+                           reuse_port=settings.server.reuse_port)
         await site.start()
         port = self.runner.addresses[0][1]
         self.url = f"http://{_host_for_url(settings.server.host)}:{port}"
@@ -106,7 +115,7 @@ class Service:
         if self._train_if_missing and self.settings.nlu.train_if_missing:
             info = await asyncio.to_thread(ensure_model, self.settings)
             log.info("NLU model %s", info.version)
-        return build_nlu(self.settings)
+        return build_nlu(self.settings, on_fallback=self.metrics.nlu_fallback)
 
     async def _build_app(self) -> None:
         from backend_client.client import BackendClient
@@ -117,7 +126,7 @@ class Service:
         from dialogues.engine import DbEventLedger, DialogueEngine
         from dialogues.i18n import Catalog
         from dialogues.policy import Policy
-        from tawasul.metrics import Metrics, metrics_handler
+        from tawasul.metrics import metrics_handler
         from tawasul.outbox import Outbox
 
         settings = self.settings
@@ -134,11 +143,10 @@ class Service:
                                        retries=0)
         texts = Catalog.load()
         agencies = CatalogAgencies(load_agencies())
-        metrics = Metrics()
-        self.metrics = metrics
+        metrics = self.metrics
         self.outbox = Outbox(self.db, settings.outbox)
         cases = CaseService(self.db, self.backend, texts, agencies, settings.nlu, self.outputs,
-                            settings.dialogue.call_centre)
+                            settings.dialogue.call_centre, metrics=metrics)
         policy = Policy(texts, agencies, settings.dialogue, settings.nlu)
         self.engine = DialogueEngine(settings, self.db, _MeasuredParser(self.nlu, metrics), policy, cases,
                                      self.outbox, status_backend, metrics=metrics)
@@ -161,7 +169,8 @@ class Service:
 
         receipts = DeliveryLog(self.db)
         channels.extend(build_channels(settings, self.http, db=self.db, window_tracker=DbWindowTracker(self.db),
-                                       on_status=receipts.on_status, on_sent=receipts.on_sent))
+                                       on_status=receipts.on_status, on_sent=receipts.on_sent,
+                                       on_throttled=metrics.throttled))
         for line in describe_disabled(settings):
             log.info("%s", line)
         channels.extend(self._extra_channels)
@@ -187,7 +196,9 @@ class Service:
 
     # ------------------------------------------------------------------ endpoints
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        # Which process answered: behind one port with several workers, this tells them apart.
+        return web.json_response({"status": "ok", "worker": os.environ.get("TAWASUL_WORKER_ID"),
+                                  "pid": os.getpid()})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}
@@ -235,6 +246,11 @@ class Service:
                 after = cursor
         except Exception as exc:
             log.warning("polling backend events failed: %s", type(exc).__name__)
+            from backend_client.errors import BackendError
+            from dialogues.cases import backend_error_kind
+
+            if isinstance(exc, BackendError):
+                self.metrics.backend_error("events", backend_error_kind(exc))
 
     async def _cursor(self) -> int:
         from sqlalchemy import select
@@ -304,6 +320,13 @@ class _MeasuredParser:
         return result
 
 
+def _worker_header(worker: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Tawasul-Worker"] = worker
+
+    return add
+
+
 def _redirect_to(location: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(location)
@@ -345,18 +368,24 @@ async def run_service(settings: Settings, *, shell: bool = True, force_terminal:
     except BaseException:
         await service.stop()
         raise
-    _print_banner(service, settings, terminal is not None)
+    worker = os.environ.get("TAWASUL_WORKER_ID")
+    if worker in (None, "0"):
+        _print_banner(service, settings, terminal is not None)
+    else:  # one banner per supervisor is enough
+        print(f"worker {worker} (pid {os.getpid()}) is running on {service.url}", file=sys.stderr, flush=True)
     try:
         if terminal is not None:
             await terminal.finished.wait()
         else:
-            await _wait_for_signal()
+            await _wait_for_signal(watch_parent=worker is not None)
     finally:
         await service.stop()
     return 0
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(*, watch_parent: bool = False) -> None:
+    """Until SIGINT/SIGTERM; a supervised worker also stops when its supervisor is gone (killed with
+    SIGKILL it cannot forward a signal, and an orphan would keep serving the shared port)."""
     import signal
 
     stop = asyncio.Event()
@@ -365,7 +394,13 @@ async def _wait_for_signal() -> None:
         # Not available on Windows event loops; there Ctrl-C still raises KeyboardInterrupt.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    parent = os.getppid()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0 if watch_parent else None)
+        if watch_parent and os.getppid() != parent:
+            log.warning("the supervisor (pid %d) is gone: stopping", parent)
+            return
 
 
 def _print_banner(service: Service, settings: Settings, terminal: bool) -> None:

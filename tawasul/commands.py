@@ -33,6 +33,12 @@ def _safe_url(url: str) -> str:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from tawasul.app import run_service
 
+    workers = args.workers if args.workers is not None else settings.server.workers
+    if workers > 1:
+        from tawasul.workers import check_workers, supervise
+
+        check_workers(settings, workers)  # ConfigError: one line, exit 2
+        return supervise(settings, workers)
     return asyncio.run(run_service(settings, shell=not args.no_shell))
 
 
@@ -58,12 +64,25 @@ def _alive(url: str) -> bool:
         return False
 
 
+def _worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 64 (got {text!r})")
+    return value
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("shell", help="chat with the bot in this terminal, as a citizen")
     p.add_argument("--url", help="a running service to attach to (default: this configuration's server)")
     p.set_defaults(func=_shell)
     p = sub.add_parser("run", help="run the service (webhooks, web, staff console, outbox)")
     p.add_argument("--no-shell", action="store_true", help="do not attach the terminal chat")
+    p.add_argument("--workers", type=_worker_count, metavar="N",
+                   help="worker processes on one port (default: server.workers); N > 1 needs PostgreSQL, "
+                        "backend.mode remote and Telegram in webhook mode")
     p.set_defaults(func=_run)
     p = sub.add_parser("config", help="validate and print the effective configuration (secrets masked)")
     p.set_defaults(func=_config)

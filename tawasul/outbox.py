@@ -36,8 +36,6 @@ from tawasul.db.models import OutboxItem, OutboxStatus, utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE = dt.timedelta(seconds=60)
-
 
 class RetryLater(Exception):
     """Temporary failure; retry after ``delay_s`` (or the computed backoff when None)."""
@@ -143,7 +141,8 @@ class Outbox:
             rows = await session.execute(
                 update(OutboxItem)
                 .where(OutboxItem.id.in_(ids), OutboxItem.status == OutboxStatus.PENDING, free)
-                .values(locked_until=now + LEASE, attempts=OutboxItem.attempts + 1, updated_at=now)
+                .values(locked_until=now + dt.timedelta(seconds=self.settings.lease_s),
+                        attempts=OutboxItem.attempts + 1, updated_at=now)
                 .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.payload, OutboxItem.attempts,
                            OutboxItem.created_at)
             )

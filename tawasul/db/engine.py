@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -45,6 +46,31 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
+
+
+# SQLSTATEs of a database that is away rather than of a bad statement: connection exceptions (08), operator
+# intervention (57P: shutting down, starting up), too many connections, serialization failure and deadlock.
+_TRANSIENT_SQLSTATES = ("08", "57P", "53300", "40001", "40P01")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database could not be reached or dropped the connection (a restart,
+    a failover, the connection limit, a locked SQLite file): the same work succeeds later. False for an
+    error in the statement or the data, which would fail again."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, OSError | TimeoutError | sa_exc.TimeoutError | sa_exc.OperationalError):
+            return True  # refused/reset connections, pool timeouts, SQLite "database is locked"
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_TRANSIENT_SQLSTATES):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 class Database:

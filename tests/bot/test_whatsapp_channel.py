@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from bot.channel import Button, DeliveryFailed, IncomingMessage, OutgoingMessage, OutputChannel
+from bot.channel import Button, DeliveryFailed, IncomingMessage, OutgoingMessage, OutputChannel, accepted
 from bot.delivery import AttachmentTooLarge
 from bot.whatsapp import SentMessage, WhatsAppInput
 from bot.whatsapp_parse import DeliveryStatus
@@ -258,6 +258,7 @@ async def test_stop_drains_work_in_progress_then_refuses(
     release = asyncio.Event()
 
     async def slow(message: IncomingMessage, output: OutputChannel) -> None:
+        accepted()  # stored (the webhook answers now); the rest of the work is still in progress
         await release.wait()
         done.append(message.message_id)
 

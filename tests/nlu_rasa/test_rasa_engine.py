@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from config.settings import Settings
-from nlu.rasa_engine import FallbackEngine, RasaEngine, combine_agency, fallback_counter, map_parse
+from nlu.rasa_engine import FallbackEngine, RasaEngine, combine_agency, map_parse
 from nlu.types import CaseType, Intent, Language, NLUResult, NLUUnavailable
+from tawasul.metrics import Metrics
 
 TEXT = "الكهربا مقطوعة عندنا في سترة من امس ورقم البلاغ TWS-2026-000123"
 
@@ -258,10 +258,10 @@ async def test_fallback_logs_once_counts_every_message_and_recovers(
 ) -> None:
     server = FakeRasa()
     runner = await _serve(server, unused_port)
-    registry = CollectorRegistry()
+    metrics = Metrics()  # the service's counters, reached through the engine's hook
     fallback = StaticEngine()
     engine = FallbackEngine(
-        RasaEngine(_settings(settings, unused_port)), fallback, retry_after_s=0.2, registry=registry
+        RasaEngine(_settings(settings, unused_port)), fallback, retry_after_s=0.2, on_fallback=metrics.nlu_fallback
     )
     caplog.set_level(logging.WARNING, logger="nlu.rasa_engine")
     try:
@@ -271,11 +271,12 @@ async def test_fallback_logs_once_counts_every_message_and_recovers(
         assert [r.engine for r in results] == ["embedded"] * 5
         assert engine.degraded and engine.model_version == "emb-test"
         assert (
-            registry.get_sample_value(
+            metrics.registry.get_sample_value(
                 "tawasul_nlu_fallback_total", {"primary": "rasa", "fallback": "embedded"}
             )
             == 5.0
         )
+        assert engine.fallback_count == 5
         switches = [r for r in caplog.records if "unavailable" in r.getMessage()]
         assert len(switches) == 1, "the switch is logged once per outage, not per message"
 
@@ -294,16 +295,10 @@ async def test_fallback_logs_once_counts_every_message_and_recovers(
 
 
 async def test_fallback_never_raises_even_if_both_fail(settings: Settings, unused_port: int) -> None:
-    engine = FallbackEngine(RasaEngine(_settings(settings, unused_port)), StaticEngine(fail=True),
-                            registry=CollectorRegistry())  # fmt: skip
+    engine = FallbackEngine(RasaEngine(_settings(settings, unused_port)), StaticEngine(fail=True))
     try:
         result = await engine.parse("الماي مقطوع")
     finally:
         await engine.close()
     assert result.engine == "none" and result.intent is Intent.FILE_CASE and result.type is None
 
-
-def test_fallback_counter_is_one_per_registry() -> None:
-    registry = CollectorRegistry()
-    assert fallback_counter(registry) is fallback_counter(registry)
-    assert fallback_counter(registry) is not fallback_counter(CollectorRegistry())

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from config.settings import PROJECT_DIR, Settings
 from nlu.dataset import Example
 from nlu.rasa_cli import RasaServer
 from nlu.rasa_engine import FallbackEngine, RasaEngine
 from nlu.types import Intent, NLUUnavailable
+from tawasul.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -157,9 +157,9 @@ def test_server_stopped_mid_run_falls_back_to_embedded(
     server = rasa_server
     try:
         nlu = local.nlu.model_copy(update={"rasa_url": server.url})
-        registry = CollectorRegistry()
+        metrics = Metrics()
         engine = FallbackEngine(RasaEngine(local.model_copy(update={"nlu": nlu})), embedded,
-                                registry=registry, retry_after_s=3600)  # fmt: skip
+                                on_fallback=metrics.nlu_fallback, retry_after_s=3600)  # fmt: skip
         caplog.set_level(logging.WARNING, logger="nlu.rasa_engine")
         messages = [
             "الماي مقطوع عندنا من امس",
@@ -184,5 +184,5 @@ def test_server_stopped_mid_run_falls_back_to_embedded(
     assert not server.running
     assert engines == ["rasa", "embedded", "embedded", "embedded", "embedded"]
     labels = {"primary": "rasa", "fallback": "embedded"}
-    assert registry.get_sample_value("tawasul_nlu_fallback_total", labels) == 4.0
+    assert metrics.registry.get_sample_value("tawasul_nlu_fallback_total", labels) == 4.0
     assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tawasul.db.models import Base
 
 target_metadata = Base.metadata
+MIGRATION_LOCK_KEY = 0x7461_7761  # "tawa": any constant shared by every process of this application
 
 
 def _run(connection: Connection) -> None:
@@ -21,6 +23,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Workers starting together each upgrade at start-up: one at a time (the lock is held until this
+            # transaction commits), so the later ones find the schema current instead of racing to create it.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
