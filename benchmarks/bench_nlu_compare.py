@@ -7,7 +7,8 @@ benchmarks/results/nlu_compare.json and .md.
   messages, agency top-1 accuracy, intent macro-F1; overall and per language style).
 * Latency per message: embedded in process (``parse``, in a fresh process that loaded the saved model, as a
   worker does), Rasa over HTTP on loopback through ``RasaEngine``
-  (what the service would pay), one message at a time; p50 / p99 / mean; throughput = messages / wall time.
+  (what the service would pay), one message at a time, after both engines parsed the training split once
+  (steady state); p50 / p99 / mean; throughput = messages / wall time.
 * Training time and peak memory of each training run (each in its own child process, peak RSS of that child
   from ``wait4``); serving memory = RSS of the process holding the loaded model (Rasa: the ``rasa run``
   process tree); model load time (Rasa: ``rasa run`` start until ``/status`` reports the model).
@@ -90,7 +91,7 @@ def embedded_server(model_dir: Path, out: Path) -> None:
     engine = EmbeddedEngine.load(model_dir, settings.nlu)
     load_s = time.perf_counter() - started
     texts = [e.text for e in dataset.heldout]
-    for text in texts[:50]:  # the same warm-up Rasa gets
+    for text in _warmup_texts(dataset):  # the same warm-up Rasa gets
         engine.parse_sync(text)
     results, ms = [], []
 
@@ -113,6 +114,13 @@ def embedded_server(model_dir: Path, out: Path) -> None:
         "model_version": engine.model_version,
     }
     out.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+
+
+def _warmup_texts(dataset: Any) -> list[str]:
+    """Both engines see the training messages once before the timed pass: a service in steady state has
+    already parsed the everyday vocabulary (the embedded engine caches per-word work; TensorFlow traces its
+    graphs). Held-out messages are never part of the warm-up, so their unseen words still cost full price."""
+    return [e.text for e in dataset.train]
 
 
 def _child(*args: str) -> int:
@@ -184,7 +192,7 @@ def run_rasa(epochs: int, reuse: bool) -> dict[str, Any]:
         results, ms = [], []
 
         async def run() -> float:
-            for text in texts[:50]:  # warm-up: TensorFlow traces its graph on the first calls
+            for text in _warmup_texts(dataset):  # TensorFlow traces its graph on the first calls
                 await engine.parse(text)
             wall = time.perf_counter()
             for text in texts:
@@ -253,6 +261,7 @@ def report(emb: dict[str, Any], rasa: dict[str, Any], meta: dict[str, Any]) -> s
             )
         )
     speedup_p50 = rl["p50_ms"] / el["p50_ms"] if el["p50_ms"] else 0.0
+    speedup_mean = rl["mean_ms"] / el["mean_ms"] if el["mean_ms"] else 0.0
     lines += [
         _row("latency p50 (ms/message)", el["p50_ms"], rl["p50_ms"]),
         _row("latency p99 (ms/message)", el["p99_ms"], rl["p99_ms"]),
@@ -270,7 +279,7 @@ def report(emb: dict[str, Any], rasa: dict[str, Any], meta: dict[str, Any]) -> s
             else ""
         ),
         (
-            f"Embedded is {speedup_p50:.0f}x faster per message at p50 "
+            f"Embedded is {speedup_p50:.0f}x faster per message at p50 and {speedup_mean:.0f}x on the mean "
             f"(Rasa's figure includes the HTTP round trip on loopback the service would pay)."
         ),
     ]
