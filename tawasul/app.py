@@ -163,7 +163,7 @@ class Service:
         # Channels: the web chat always (it needs no token), the platforms when configured, test extras.
         from bot.webchat import WebChatChannel
 
-        channels: list[InputChannel] = [WebChatChannel()]
+        channels: list[InputChannel] = [WebChatChannel(self.db)]  # its pending replies are shared in the DB
         from bot.factory import build_channels, describe_disabled
         from tawasul.channel_state import DbWindowTracker, DeliveryLog
 

@@ -255,3 +255,16 @@ class RateBucket(Base):
     key: Mapped[str] = mapped_column(String(160), primary_key=True)
     tokens: Mapped[float]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WebChatReply(Base):
+    """A web chat reply waiting for its page to fetch it. In the database, not in a worker's memory: the
+    worker whose outbox loop delivers a reply is often not the one the page's next request reaches."""
+
+    __tablename__ = "web_chat_replies"
+    __table_args__ = (Index("ix_web_chat_replies_sender_id", "sender", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sender: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

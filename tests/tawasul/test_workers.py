@@ -113,6 +113,12 @@ class Cluster:
             assert resp.status == 200, await resp.text()
             return resp.headers["X-Tawasul-Worker"], (await resp.json())["messages"]
 
+    async def poll(self, sender: str) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.url}/chat/api/poll", params={"sender": sender}) as resp:
+            assert resp.status == 200, await resp.text()
+            messages: list[dict[str, Any]] = (await resp.json())["messages"]
+            return messages
+
     async def metrics(self) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
         async with self.http.get(f"{self.url}/metrics") as resp:
             assert resp.status == 200
@@ -174,10 +180,6 @@ async def test_two_workers_share_the_port_and_postgresql_and_are_supervised(
         TAWASUL_BACKEND_MODE="remote",
         TAWASUL_BACKEND_URL=f"http://127.0.0.1:{backend_port}",
         TAWASUL_SERVER__PORT=str(port),
-        # The web chat keeps a reply in the memory of the worker that delivered it; with the other worker's
-        # background outbox loop idle, each reply is delivered inline by the worker that took the request
-        # and comes back in that response (Telegram/WhatsApp replies do not depend on this).
-        TAWASUL_OUTBOX__POLL_INTERVAL_S="3600",
         TMPDIR=str(tmp_path / "tmp"),  # where the supervisor makes its PROMETHEUS_MULTIPROC_DIR
     )
     stderr = tmp_path / "stderr.txt"
@@ -219,16 +221,36 @@ async def test_two_workers_share_the_port_and_postgresql_and_are_supervised(
                 await until(both_up, "both workers on the port")
                 assert pids["0"] != pids["1"]
 
-                # Citizens on the web chat: new connections spread over both workers; each gets its answer.
+                # Citizens on the web chat: new connections spread over both workers; each gets its answer,
+                # in the response or, when the other worker's outbox loop delivered it, from a poll (on
+                # whichever worker: the web chat's pending replies are shared through PostgreSQL).
                 served: dict[str, int] = {}
-                replies = sends = 0
+                received: dict[str, list[dict[str, Any]]] = {}
+                sends = 0
                 while set(served) != {"0", "1"}:
                     assert sends < 200, f"every message went to worker {set(served)}"
-                    worker, messages = await cluster.say(f"cluster-citizen-{sends:04d}", "مرحبا")
+                    sender = f"cluster-citizen-{sends:04d}"
+                    worker, received[sender] = await cluster.say(sender, "مرحبا")
                     sends += 1
                     served[worker] = served.get(worker, 0) + 1
-                    assert messages and messages[0]["text"].startswith(WELCOME), messages
-                    replies += len(messages)
+
+                    async def answered(sender: str = sender) -> bool:
+                        received[sender] += await cluster.poll(sender)
+                        return bool(received[sender])
+
+                    if not received[sender]:
+                        await until(answered, f"the answer to {sender}")
+                    assert received[sender][0]["text"].startswith(WELCOME), received[sender]
+
+                # Once the outbox is empty, whatever either worker delivered after that is fetched too.
+                async def outbox_idle() -> bool:
+                    _, samples = await cluster.metrics()
+                    return total(samples, "tawasul_outbox_items", status="pending") == 0
+
+                await until(outbox_idle, "an empty outbox")
+                for sender, messages in received.items():
+                    messages += await cluster.poll(sender)
+                replies = sum(len(messages) for messages in received.values())
 
                 # /metrics from either worker adds up both workers' counters.
                 scraped: dict[str, dict[tuple[str, frozenset[tuple[str, str]]], float]] = {}

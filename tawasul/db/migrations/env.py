@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tawasul.db.models import Base
 
 target_metadata = Base.metadata
-MIGRATION_LOCK_KEY = 0x7461_7761  # "tawa": any constant shared by every process of this application
 
 
 def _run(connection: Connection) -> None:
@@ -22,11 +20,9 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite ALTERs need batch mode
         compare_type=True,
     )
+    # Concurrent upgrades on PostgreSQL are serialised by tawasul.db.migrate (an advisory lock around this
+    # whole run); taking the same lock here, on another connection, would wait for ourselves.
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            # Workers starting together each upgrade at start-up: one at a time (the lock is held until this
-            # transaction commits), so the later ones find the schema current instead of racing to create it.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
