@@ -43,8 +43,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy tawasul bot nlu dialogues backend_client core_backend staff_console config
 
+# End to end (~5 min each): real worker processes, a fake Telegram API, throwaway PostgreSQL databases.
 bench: setup
 	$(BIN)/python benchmarks/bench_nlu_embedded.py
+	$(BIN)/python benchmarks/bench_inbound.py
+	$(BIN)/python benchmarks/bench_fanout.py
 
 # Embedded engine vs Rasa DIET on the same held-out split (trains both; Rasa takes many minutes).
 bench-nlu: setup rasa-setup

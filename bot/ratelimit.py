@@ -155,10 +155,12 @@ class SharedRateLimiter:
             raise ValueError("rate_per_s must be > 0")
         self._db = db
         self._rate = rate_per_s
-        self._burst = float(burst if burst is not None else max(1.0, rate_per_s))
+        self._lease = max(1, lease if lease is not None else int(rate_per_s // 10))
+        # A small bucket (one lease, a tenth of a second's worth): a full second's burst on top of the steady
+        # rate would put 2x the limit into one second and earn 429s that pause every send.
+        self._burst = float(burst if burst is not None else self._lease)
         if self._burst < 1:
             raise ValueError("burst must be >= 1")
-        self._lease = max(1, lease if lease is not None else int(rate_per_s // 10))
         self._lease_ttl = lease_ttl_s
         self._clock = clock  # wall clock: it is compared across processes
         self._sleep = sleep

@@ -176,7 +176,7 @@ class TelegramSettings(_Section):
     webhook_path: str = "/webhooks/telegram"
     # "auto": a webhook under server.public_url when that is set, else getUpdates polling.
     mode: Literal["auto", "polling", "webhook"] = "auto"
-    global_rate_per_s: float = Field(30.0, gt=0)
+    global_rate_per_s: float = Field(28.0, gt=0)
     per_chat_rate_per_s: float = Field(1.0, gt=0)
     # Messages one chat may receive back to back before the per-chat spacing applies (a split reply).
     per_chat_burst: int = Field(3, ge=1, le=20)
@@ -222,7 +222,7 @@ class WhatsAppSettings(_Section):
     api_base_url: str = "https://graph.facebook.com"
     api_version: str = "v21.0"
     webhook_path: str = "/webhooks/whatsapp"
-    rate_per_s: float = Field(80.0, gt=0)
+    rate_per_s: float = Field(76.0, gt=0)
     # Back-off on throughput errors (130429, 131056), 5xx and network errors: base * 2**attempt, capped.
     max_retries: int = Field(5, ge=0, le=20)
     retry_base_s: float = Field(1.0, gt=0)

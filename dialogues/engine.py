@@ -153,8 +153,9 @@ class DialogueEngine:
         """Deliver what is queued for this citizen now; failures stay queued for the background loop."""
         try:
             await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
-            await self.outbox.run_due(ordering_key=f"file:{citizen_id}")
-            await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
+            # A filing's answer (the reference) is queued by the filing itself: look again only after one ran.
+            if await self.outbox.run_due(ordering_key=f"file:{citizen_id}"):
+                await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
         except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
             log.exception("inline delivery failed; the outbox loop will retry")
 

@@ -374,6 +374,14 @@ async def test_out_of_order_status_callbacks_do_not_move_a_message_back(
         await citizen.says("/help")
         wamid = (await citizen.expect("/status"))["wamid"]
         channel = whatsapp_input(service)
+
+        async def recorded() -> bool:  # Graph's answer is recorded just after the fake has seen the send
+            async with service.db.session() as session:
+                found = await session.execute(select(MessageRecord.delivery_status).where(
+                    MessageRecord.platform_message_id == f"wa:{wamid}"))
+                return found.scalar_one_or_none() == "sent"
+
+        await eventually(recorded, "the reply recorded as sent")
         for status in ("read", "delivered"):
             assert await citizen.delivers(wa.status_update(wamid, citizen.wa_id, status)) == 200
             await wait_until(lambda: channel.pending == 0, timeout=WAIT_S, what=f"status {status} handled")
