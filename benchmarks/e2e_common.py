@@ -368,7 +368,7 @@ def tree_cpu_s(pid: int) -> float:
                 t = p.cpu_times()
                 total += t.user + t.system
     except psutil.Error:
-        pass
+        pass  # the process tree ended while we read it: what was summed so far stands
     return total
 
 

@@ -102,7 +102,7 @@ def _parse(path: Path) -> tuple[Agency, ...]:
             try:
                 loc[1] = data["agencies"][loc[1]].get("id", loc[1])
             except (KeyError, IndexError, TypeError, AttributeError):
-                pass
+                pass  # no id to show: the error names the list position instead
         key = ".".join(str(p) for p in loc)
         raise ConfigError(f"invalid agency catalog {path.name}: {key}: {err['msg']}") from None
     ids = [a.id for a in catalog.agencies]

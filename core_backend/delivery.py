@@ -11,6 +11,7 @@ bot's poller (``GET /events``) covers the gap meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -103,10 +104,8 @@ class WebhookSender:
                 log.exception("webhook delivery pass failed; retrying shortly")
                 wait = IDLE_WAIT_S
             if wait > 0 and not self._stopping:
-                try:
+                with contextlib.suppress(TimeoutError):  # woken by a new event, or the next retry is due
                     await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
 
     async def deliver_due(self) -> int:
         """One pass: try every due event once (the first undelivered one of each case). Returns how

@@ -19,6 +19,7 @@ Nothing a citizen sends is dropped silently: a message that makes the policy fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import weakref
@@ -347,10 +348,8 @@ class DialogueEngine:
                 await self.sweep()
             except Exception:
                 log.exception("sweep failed")
-            try:
+            with contextlib.suppress(TimeoutError):  # the interval passed without a stop: sweep again
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
 
     # ------------------------------------------------------------------ backend events
     async def on_backend_event(self, event: StatusEvent) -> None:

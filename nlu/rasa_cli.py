@@ -166,7 +166,7 @@ class RasaServer:
                         if resp.status == 200 and (await resp.json()).get("model_file"):
                             return
                 except (aiohttp.ClientError, TimeoutError, ValueError):
-                    pass
+                    pass  # not up yet (Rasa loads its model for tens of seconds): poll again
                 await asyncio.sleep(0.5)
         self.stop()
         raise RuntimeError(
@@ -189,7 +189,7 @@ class RasaServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
             except ProcessLookupError:
-                pass
+                pass  # it exited on its own between the checks
         if self._log is not None:
             self._log.close()
             self._log = None

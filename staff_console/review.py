@@ -258,7 +258,7 @@ async def bulk_accept(session: AsyncSession, ids: Sequence[int], who: str) -> tu
             accept(item, who)
             done += 1
         except ReviewError:
-            pass
+            continue  # not acceptable as it stands (e.g. no label yet): counted as skipped below
     return done, len(set(ids)) - done
 
 

@@ -17,6 +17,7 @@ which needs the queue inside our own database transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -233,10 +234,8 @@ class Outbox:
             except Exception:
                 log.exception("outbox loop error; retrying")
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # woken early by new work, or the poll interval passed
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.poll_interval_s)
-            except TimeoutError:
-                pass
 
     # -- operations -----------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from backend_client.client import BackendClient
 from tawasul.app import Service
 from tawasul.db.models import Citizen, MessageDirection, MessageRecord
 from tests.fakes import FakeGraph, wait_until
+from tests.fakes.wa_citizen import WaCitizen as _WaCitizen
 from tests.support import settings_for
 
 REF_RE = re.compile(r"TWS-\d{4}-\d{6}")
@@ -76,58 +77,9 @@ def whatsapp_input(service: Service) -> Any:
     return next(c for c in service.channels if c.name == "whatsapp")
 
 
-class WaCitizen:
-    """One WhatsApp user writing to the business number, as the fake Graph API sees it."""
-
+class WaCitizen(_WaCitizen):
     def __init__(self, wa: FakeGraph, url: str, wa_id: str) -> None:
-        self.wa = wa
-        self.url = url
-        self.wa_id = wa_id
-        self._mark = 0
-
-    def _act(self) -> None:
-        self._mark = len(self.wa.messages_to(self.wa_id))
-
-    async def says(self, text: str) -> None:
-        self._act()
-        assert await self.wa.user_sends(self.url, self.wa_id, text) == 200
-
-    async def presses(self, choice_id: str) -> None:
-        self._act()
-        assert await self.wa.user_presses(self.url, self.wa_id, choice_id) == 200
-
-    async def delivers(self, body: dict[str, Any] | bytes, **kwargs: Any) -> int:
-        self._act()
-        return await self.wa.deliver(self.url, body, **kwargs)
-
-    def received(self) -> list[dict[str, Any]]:
-        return self.wa.messages_to(self.wa_id)
-
-    def answers(self) -> list[dict[str, Any]]:
-        return self.received()[self._mark :]
-
-    def texts(self) -> list[str]:
-        return [self.wa.text_of(m) for m in self.received()]
-
-    async def expect(self, *fragments: str, what: str | None = None) -> dict[str, Any]:
-        """Wait for an answer to the last action whose text contains every fragment; return it."""
-
-        def found() -> dict[str, Any] | None:
-            for payload in self.answers():
-                if all(f in self.wa.text_of(payload) for f in fragments):
-                    return payload
-            return None
-
-        try:
-            await wait_until(
-                lambda: found() is not None, timeout=WAIT_S, what=what or f"reply with {fragments}"
-            )
-        except AssertionError:
-            got = [self.wa.text_of(m) for m in self.answers()]
-            raise AssertionError(f"no reply containing {fragments}; got {got}") from None
-        payload = found()
-        assert payload is not None
-        return payload
+        super().__init__(wa, url, wa_id, wait_s=WAIT_S)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:

@@ -5,6 +5,7 @@ subprocess (``tawasul backend serve``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -113,10 +114,8 @@ class Receiver:
                 raise AssertionError(
                     f"only {len(self.handled)} of {count} events arrived; attempts {self.attempts}"
                 )
-            try:
+            with contextlib.suppress(TimeoutError):  # the loop re-checks and gives up at the deadline
                 await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                pass
         return self.handled
 
 

@@ -575,7 +575,7 @@ class FakeTelegram:
                         self._new_update.wait_for(lambda: bool(pending()) or self._closing), timeout
                     )
                 except TimeoutError:
-                    pass
+                    pass  # long poll ended with nothing new: answer an empty result, as Telegram does
         return pending()
 
     def _chat(self, params: dict[str, Any]) -> int:

@@ -21,6 +21,7 @@ from backend_client.client import BackendClient
 from backend_client.models import Case
 from config.settings import PROJECT_DIR, ServerSettings, Settings
 from tests.fakes import FakeGraph, FakeTelegram, wait_until
+from tests.fakes.wa_citizen import WaCitizen as SharedWaCitizen
 from tests.support import free_port, settings_for
 
 SERVICE_TOKEN = "fault-service-token-0123456789"
@@ -343,45 +344,15 @@ class TgCitizen:
         return match.group(0)
 
 
-class WaCitizen:
+class WaCitizen(SharedWaCitizen):
     """One WhatsApp user writing to the business number (Meta-signed webhooks into the service); every
-    action waits for the webhook's answer, ``expect`` for the bot's."""
+    action waits for the webhook's answer, ``expect`` for the bot's (here: the text of the answer)."""
 
     def __init__(self, wa: FakeGraph, url: str, wa_id: str) -> None:
-        self.wa = wa
-        self.url = url
-        self.wa_id = wa_id
-        self._mark = 0
+        super().__init__(wa, url, wa_id, wait_s=WAIT_S)
 
-    def _act(self) -> None:
-        self._mark = len(self.wa.messages_to(self.wa_id))
-
-    async def says(self, text: str) -> None:
-        self._act()
-        assert await self.wa.user_sends(self.url, self.wa_id, text) == 200
-
-    async def presses(self, choice_id: str) -> None:
-        self._act()
-        assert await self.wa.user_presses(self.url, self.wa_id, choice_id) == 200
-
-    def texts(self) -> list[str]:
-        return [self.wa.text_of(m) for m in self.wa.messages_to(self.wa_id)]
-
-    async def expect(self, *fragments: str) -> str:
-        def found() -> str | None:
-            for payload in self.wa.messages_to(self.wa_id)[self._mark :]:
-                text = self.wa.text_of(payload)
-                if all(f in text for f in fragments):
-                    return text
-            return None
-
-        try:
-            await wait_until(lambda: found() is not None, timeout=WAIT_S, what=f"reply with {fragments}")
-        except AssertionError:
-            raise AssertionError(f"{self.wa_id}: no reply containing {fragments}; got {self.texts()}") from None
-        text = found()
-        assert text is not None
-        return text
+    async def expect(self, *fragments: str, what: str | None = None) -> str:  # type: ignore[override]
+        return self.wa.text_of(await super().expect(*fragments, what=what))
 
     async def file_complaint(self) -> str:
         """Complaint -> confirm (list reply) -> skip the location (button) -> send now; the reference."""
