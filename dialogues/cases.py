@@ -34,7 +34,7 @@ from dialogues.states import State
 from dialogues.store import _insert, lock_conversation, record_outbound
 from tawasul.db import Database
 from tawasul.db.models import CaseRecord, Citizen, ProcessedEvent, ReviewItem, ReviewReason, utcnow
-from tawasul.outbox import Job, PermanentFailure, RetryLater, enqueue
+from tawasul.outbox import Job, PermanentFailure, Recorder, RetryLater, enqueue
 from tawasul.privacy import mask_id, redact
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class CaseService:
         ))
 
     # -- outbox jobs ------------------------------------------------------------------------------
-    async def job_send(self, job: Job) -> None:
+    async def job_send(self, job: Job) -> Recorder:
         p = job.payload
         output = self.outputs.get(p["channel"])
         if output is None:
@@ -234,9 +234,12 @@ class CaseService:
                 raise PermanentFailure(str(exc)) from exc
             raise RetryLater(str(exc), delay_s=exc.retry_after) from exc
         self.metrics.delivered(p["channel"])
-        async with self.db.session() as session:
+
+        async def record(session: AsyncSession) -> None:  # logged in the outbox's "done" commit
             await record_outbound(session, p["citizen_id"], p["channel"], message.text,
                                   {"buttons": [b.payload for b in message.buttons], "outbox_id": job.id})
+
+        return record
 
     async def job_file_case(self, job: Job) -> None:
         p = job.payload

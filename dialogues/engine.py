@@ -23,8 +23,8 @@ import contextlib
 import datetime as dt
 import logging
 import weakref
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
@@ -61,13 +61,14 @@ from dialogues.store import (
     insert_inbound,
     lock_conversation,
     next_unprocessed,
+    unprocessed,
     upsert_citizen,
 )
 from nlu.types import NLUResult, NLUUnavailable
 from tawasul.db import Database
 from tawasul.db.engine import database_unavailable
 from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, ProcessedEvent, utcnow
-from tawasul.outbox import Outbox, enqueue
+from tawasul.outbox import Job, Outbox, enqueue
 from tawasul.privacy import mask_id
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class DialogueEngine:
         self.status_backend = status_backend
         self.clock = clock
         self.metrics: Metrics = metrics or _NoMetrics()
-        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = weakref.WeakValueDictionary()
         outbox.register(SEND, cases.job_send)
         outbox.register(FILE_CASE, cases.job_file_case, on_dead=cases.on_file_dead)
         outbox.register(BACKEND_REPLY, cases.job_backend_reply)
@@ -121,22 +122,65 @@ class DialogueEngine:
 
     # ------------------------------------------------------------------ the MessageHandler
     async def handle(self, msg: IncomingMessage, output: OutputChannel) -> None:
-        """Persist, process and answer one inbound message. Safe to call again with the same message."""
+        """Persist, process and answer one inbound message. Safe to call again with the same message.
+
+        The usual path is one transaction: store the message, run the turn under the conversation lock and
+        lease the replies it queued; after the commit the replies are sent and marked done in a second one.
+        (Round trips to the database are most of a turn's cost.) A turn that fails takes the careful path:
+        the message is stored on its own, then answered with ``error_generic`` by ``process_citizen``."""
         self.cases.outputs.setdefault(msg.channel, output)
         nlu_json = await self._parse(msg)
+        async with self._lock((msg.channel, msg.sender_id)):
+            try:
+                done = await self._store_and_turn(msg, nlu_json)
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise  # nothing was stored: the webhook answers 503 and the platform sends it again
+                log.exception("turn failed for a message from %s; storing it apart", mask_id(msg.sender_id))
+                done = None
+        if done is None:
+            await self._handle_apart(msg, nlu_json)
+            return
+        accepted()  # committed: the webhook may acknowledge the platform now
+        if done.duplicate:
+            log.info("duplicate delivery of %s from %s ignored", msg.message_id, mask_id(msg.sender_id))
+            self.metrics.turn(msg.channel, "duplicate")
+            return
+        try:
+            await self.outbox.run_in_order(done.jobs)
+            if done.backend_work:
+                await self.deliver(done.citizen_id, backend_work=True)
+        except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
+            log.exception("inline delivery failed; the outbox loop will retry")
+
+    async def _store_and_turn(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None) -> _Handled:
+        now = self.clock()
+        async with self.db.session() as session:
+            citizen, _ = await upsert_citizen(session, msg.channel, msg.sender_id)
+            if not await insert_inbound(session, citizen.id, msg, nlu_json):
+                return _Handled(citizen.id, duplicate=True)
+            citizen.last_inbound_at = now
+            conv = await lock_conversation(session, citizen.id)
+            backend_work = False
+            # Normally just this message; older ones are left over from a crash or a database outage.
+            for record in await unprocessed(session, citizen.id):
+                backend_work |= await self._run_turn(session, citizen, conv, record, now)
+            jobs = await self.outbox.claim(session, ordering_key(citizen.id))
+            return _Handled(citizen.id, jobs=jobs, backend_work=backend_work)
+
+    async def _handle_apart(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None) -> None:
+        """The careful path: store the message in its own transaction, then process it (a failing turn is
+        answered with ``error_generic`` and kept for staff)."""
         async with self.db.session() as session:
             citizen, _ = await upsert_citizen(session, msg.channel, msg.sender_id)
             fresh = await insert_inbound(session, citizen.id, msg, nlu_json)
             if fresh:
                 citizen.last_inbound_at = self.clock()
             citizen_id = citizen.id
-        accepted()  # committed: the webhook may acknowledge the platform now
-        if not fresh:
-            log.info("duplicate delivery of %s from %s ignored", msg.message_id, mask_id(msg.sender_id))
-            self.metrics.turn(msg.channel, "duplicate")
-            return
-        await self.process_citizen(citizen_id)
-        await self.deliver(citizen_id)
+        accepted()
+        if fresh:
+            await self.process_citizen(citizen_id)
+            await self.deliver(citizen_id, backend_work=True)
 
     async def _parse(self, msg: IncomingMessage) -> dict[str, Any] | None:
         text = (msg.text or "").strip()
@@ -150,22 +194,25 @@ class DialogueEngine:
             return None
         return result.to_dict()
 
-    async def deliver(self, citizen_id: int) -> None:
-        """Deliver what is queued for this citizen now; failures stay queued for the background loop."""
+    async def deliver(self, citizen_id: int, *, backend_work: bool = True) -> None:
+        """Deliver what is queued for this citizen now; failures stay queued for the background loop.
+        ``backend_work``: also run the citizen's filings and backend calls (and send what they queue)."""
         try:
             await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
             # A filing's answer (the reference) is queued by the filing itself: look again only after one ran.
-            if await self.outbox.run_due(ordering_key=f"file:{citizen_id}"):
+            if backend_work and await self.outbox.run_due(ordering_key=f"file:{citizen_id}"):
                 await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
         except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
             log.exception("inline delivery failed; the outbox loop will retry")
 
     # ------------------------------------------------------------------ turns
-    def _lock(self, citizen_id: int) -> asyncio.Lock:
-        lock = self._locks.get(citizen_id)
+    def _lock(self, key: Hashable) -> asyncio.Lock:
+        """In-process order for one citizen (by id, or by channel identity before the id is known); the
+        conversation row lock orders turns across workers."""
+        lock = self._locks.get(key)
         if lock is None:
             lock = asyncio.Lock()
-            self._locks[citizen_id] = lock
+            self._locks[key] = lock
         return lock
 
     async def process_citizen(self, citizen_id: int) -> int:
@@ -186,12 +233,7 @@ class DialogueEngine:
                 if record is None:
                     return False
                 citizen = (await session.execute(select(Citizen).where(Citizen.id == citizen_id))).scalar_one()
-                now = self.clock()
-                if await self._flooded(session, citizen, record, now):
-                    record.processed_at = now
-                    return True
-                await self._expire_if_idle(session, citizen, conv, now)
-                await self._turn(session, citizen, conv, record, now)
+                await self._run_turn(session, citizen, conv, record, self.clock())
                 return True
         except Exception as exc:
             if database_unavailable(exc):
@@ -204,8 +246,18 @@ class DialogueEngine:
             await self._fail_turn(citizen_id)
             return True
 
+    async def _run_turn(self, session: AsyncSession, citizen: Citizen, conv: Conversation, record: MessageRecord,
+                        now: dt.datetime) -> bool:
+        """One inbound message, under the conversation lock. True when it queued backend work (a filing,
+        a reply or rating for the backend) that ``deliver`` should run now."""
+        if await self._flooded(session, citizen, record, now):
+            record.processed_at = now
+            return False
+        await self._expire_if_idle(session, citizen, conv, now)
+        return await self._turn(session, citizen, conv, record, now)
+
     async def _turn(self, session: AsyncSession, citizen: Citizen, conv: Conversation, record: MessageRecord,
-                    now: dt.datetime) -> None:
+                    now: dt.datetime) -> bool:
         msg = incoming_from_json(record.payload)
         nlu = NLUResult.from_dict(record.nlu) if record.nlu else None
         view = _view(citizen, first_contact=not conv.data.get("welcomed", False) and conv.state == State.IDLE,
@@ -223,6 +275,7 @@ class DialogueEngine:
         record.processed_at = now
         self.metrics.turn(citizen.channel, _outcome_label(outcome))
         log.debug("turn %s: %s -> %s (%s)", record.id, state, outcome.state, lang)
+        return any(isinstance(e, FileCase | SendReply | RateCase) for e in outcome.effects)
 
     async def _apply_effects(self, session: AsyncSession, citizen: Citizen, view: CitizenView, outcome: Outcome,
                              record: MessageRecord) -> str:
@@ -358,6 +411,17 @@ class DialogueEngine:
         citizen_id = await self.cases.on_event(event)
         if citizen_id is not None:
             await self.deliver(citizen_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Handled:
+    """What ``_store_and_turn`` committed: the replies it leased for inline delivery, and whether backend
+    work was queued too."""
+
+    citizen_id: int
+    duplicate: bool = False
+    jobs: list[Job] = field(default_factory=list)
+    backend_work: bool = False
 
 
 class DbEventLedger:

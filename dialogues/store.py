@@ -26,20 +26,20 @@ def is_postgres(session: AsyncSession) -> bool:
 
 
 async def upsert_citizen(session: AsyncSession, channel: str, channel_user_id: str) -> tuple[Citizen, bool]:
-    """The citizen of a channel identity, created on first contact. Returns (citizen, created)."""
+    """The citizen of a channel identity, created on first contact. Returns (citizen, created).
+    Looked up first: every message but the first finds the row, and this saves a round trip."""
+    query = select(Citizen).where(Citizen.channel == channel, Citizen.channel_user_id == channel_user_id)
+    citizen = (await session.execute(query)).scalar_one_or_none()
+    if citizen is not None:
+        return citizen, False
     stmt = (
         _insert(session)(Citizen)
         .values(channel=channel, channel_user_id=channel_user_id, language_locked=False, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["channel", "channel_user_id"])
     )
     result = await session.execute(stmt)
-    created = bool(getattr(result, "rowcount", 0))
-    citizen = (
-        await session.execute(
-            select(Citizen).where(Citizen.channel == channel, Citizen.channel_user_id == channel_user_id)
-        )
-    ).scalar_one()
-    return citizen, created
+    created = bool(getattr(result, "rowcount", 0))  # False: another worker created it just now
+    return (await session.execute(query)).scalar_one(), created
 
 
 async def insert_inbound(
@@ -79,18 +79,21 @@ async def record_outbound(session: AsyncSession, citizen_id: int, channel: str, 
 
 async def lock_conversation(session: AsyncSession, citizen_id: int) -> Conversation:
     """The citizen's conversation row, locked for this transaction (PostgreSQL ``FOR UPDATE``; on SQLite
-    the ``BEGIN IMMEDIATE`` write lock already serialises turns)."""
+    the ``BEGIN IMMEDIATE`` write lock already serialises turns), created on the first turn."""
+    query = select(Conversation).where(Conversation.citizen_id == citizen_id).execution_options(
+        populate_existing=True
+    )
+    if is_postgres(session):
+        query = query.with_for_update()
+    conv = (await session.execute(query)).scalar_one_or_none()
+    if conv is not None:
+        return conv
     await session.execute(
         _insert(session)(Conversation)
         .values(citizen_id=citizen_id, state=State.IDLE, data={}, version=1, updated_at=utcnow(),
                 last_activity_at=utcnow())
         .on_conflict_do_nothing(index_elements=["citizen_id"])
     )
-    query = select(Conversation).where(Conversation.citizen_id == citizen_id).execution_options(
-        populate_existing=True
-    )
-    if is_postgres(session):
-        query = query.with_for_update()
     return (await session.execute(query)).scalar_one()
 
 
@@ -106,6 +109,21 @@ async def next_unprocessed(session: AsyncSession, citizen_id: int) -> MessageRec
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def unprocessed(session: AsyncSession, citizen_id: int, limit: int = 50) -> list[MessageRecord]:
+    """The citizen's inbound messages not handled yet, oldest first."""
+    query = (
+        select(MessageRecord)
+        .where(
+            MessageRecord.citizen_id == citizen_id,
+            MessageRecord.direction == MessageDirection.IN,
+            MessageRecord.processed_at.is_(None),
+        )
+        .order_by(MessageRecord.id)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
 
 
 async def citizens_with_unprocessed(session: AsyncSession, older_than: dt.datetime, limit: int = 100) -> list[int]:

@@ -59,8 +59,20 @@ class Job:
     created_at: dt.datetime
 
 
-JobHandler = Callable[[Job], Awaitable[None]]
+# What a job records when it is marked done, in that same transaction (e.g. the outbound message log).
+Recorder = Callable[[AsyncSession], Awaitable[None]]
+JobHandler = Callable[[Job], Awaitable[Recorder | None]]
 DeadHandler = Callable[[Job, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    job: Job
+    record: Recorder | None
+
+
+def _job(row: Any) -> Job:
+    return Job(id=row[0], kind=row[1], payload=row[2], attempts=row[3], created_at=row[4])
 
 
 async def enqueue(
@@ -107,47 +119,57 @@ class Outbox:
         self._wakeup.set()
 
     # -- claiming -------------------------------------------------------------------------------------
-    async def _claim_batch(self, limit: int, ordering_key: str | None) -> list[Job]:
-        """Lease up to ``limit`` due items in one transaction; other workers skip them."""
+    def _claim_statement(self, limit: int, ordering_key: str | None, *, prefix: bool) -> Any:
+        """One ``UPDATE ... WHERE id IN (candidates) RETURNING``: leases due items in a single round trip.
+
+        ``prefix=False`` (the general drain) takes at most the head of each ordering key, so a batch can run
+        concurrently. ``prefix=True`` (one key, run in order by ``run_in_order``) takes the run of items at
+        the front of that key's queue that are all free and due, so one citizen's several replies go out
+        in one claim."""
         now = utcnow()
+        cand = aliased(OutboxItem)
         earlier = aliased(OutboxItem)
-        blocked = exists().where(
-            and_(
-                earlier.ordering_key == OutboxItem.ordering_key,
-                earlier.id < OutboxItem.id,
-                earlier.status == OutboxStatus.PENDING,
-            )
-        )
-        free = (OutboxItem.locked_until.is_(None)) | (OutboxItem.locked_until < now)
-        query = (
-            select(OutboxItem.id)
-            .where(
-                OutboxItem.status == OutboxStatus.PENDING,
-                OutboxItem.next_attempt_at <= now,
-                free,
-                (OutboxItem.ordering_key.is_(None)) | ~blocked,
-            )
-            .order_by(OutboxItem.id)
+        blocking = earlier.status == OutboxStatus.PENDING
+        if prefix:  # an earlier item in someone's hands or backing off holds the rest back
+            blocking = blocking & (((earlier.locked_until.is_not(None)) & (earlier.locked_until >= now))
+                                   | (earlier.next_attempt_at > now))
+        blocked = exists().where(and_(earlier.ordering_key == cand.ordering_key, earlier.id < cand.id, blocking))
+        free = (cand.locked_until.is_(None)) | (cand.locked_until < now)
+        candidates = (
+            select(cand.id)
+            .where(cand.status == OutboxStatus.PENDING, cand.next_attempt_at <= now, free,
+                   (cand.ordering_key.is_(None)) | ~blocked)
+            .order_by(cand.id)
             .limit(limit)
         )
         if ordering_key is not None:
-            query = query.where(OutboxItem.ordering_key == ordering_key)
-        if self.db.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=OutboxItem)
+            candidates = candidates.where(cand.ordering_key == ordering_key)
+        if self.db.dialect == "postgresql":  # other workers' candidates are skipped, not waited for
+            candidates = candidates.with_for_update(skip_locked=True, of=cand)
+        # The conditional UPDATE is what makes a claim exclusive (SQLite has no SKIP LOCKED).
+        item_free = (OutboxItem.locked_until.is_(None)) | (OutboxItem.locked_until < now)
+        return (
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(candidates.scalar_subquery()), OutboxItem.status == OutboxStatus.PENDING,
+                   item_free)
+            .values(locked_until=now + dt.timedelta(seconds=self.settings.lease_s),
+                    attempts=OutboxItem.attempts + 1, updated_at=now)
+            .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.payload, OutboxItem.attempts,
+                       OutboxItem.created_at)
+        )
+
+    async def claim(self, session: AsyncSession, ordering_key: str, *, limit: int = 20) -> list[Job]:
+        """Lease, in the caller's transaction, the items at the front of ``ordering_key``'s queue. The
+        dialogue engine claims a citizen's replies in the same commit as the turn that queued them (no
+        extra transaction), then hands them to ``run_in_order`` after the commit."""
+        rows = await session.execute(self._claim_statement(limit, ordering_key, prefix=True))
+        return sorted((_job(r) for r in rows), key=lambda j: j.id)
+
+    async def _claim_batch(self, limit: int, ordering_key: str | None) -> list[Job]:
+        """Lease up to ``limit`` due items (the head of each key) in one transaction."""
         async with self.db.session() as session:
-            ids = list((await session.execute(query)).scalars())
-            if not ids:
-                return []
-            # The conditional UPDATE is what makes a claim exclusive (SQLite has no SKIP LOCKED).
-            rows = await session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id.in_(ids), OutboxItem.status == OutboxStatus.PENDING, free)
-                .values(locked_until=now + dt.timedelta(seconds=self.settings.lease_s),
-                        attempts=OutboxItem.attempts + 1, updated_at=now)
-                .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.payload, OutboxItem.attempts,
-                           OutboxItem.created_at)
-            )
-            jobs = [Job(id=r[0], kind=r[1], payload=r[2], attempts=r[3], created_at=r[4]) for r in rows]
+            rows = await session.execute(self._claim_statement(limit, ordering_key, prefix=False))
+            jobs = [_job(r) for r in rows]
         return sorted(jobs, key=lambda j: j.id)
 
     # -- running --------------------------------------------------------------------------------------
@@ -163,16 +185,32 @@ class Outbox:
                 break
             # A batch never holds two items of one ordering key (the later one is blocked), so the
             # jobs are independent and can run concurrently.
-            await asyncio.gather(*(self._execute(job) for job in jobs))
+            results = await asyncio.gather(*(self._execute(job) for job in jobs))
+            await self._finish([r for r in results if r is not None])
             handled += len(jobs)
         return handled
 
-    async def _execute(self, job: Job) -> None:
+    async def run_in_order(self, jobs: list[Job]) -> int:
+        """Run claimed items of one ordering key one after another; the first failure stops the run and
+        the items after it are released (still in order) for the background loop. Returns how many ran."""
+        done: list[_Done] = []
+        for index, job in enumerate(jobs):
+            result = await self._execute(job)
+            if result is None:
+                await self._release(jobs[index + 1:])
+                break
+            done.append(result)
+        await self._finish(done)
+        return len(done)
+
+    async def _execute(self, job: Job) -> _Done | None:
+        """Run one job; its success (with what the handler asks to record) or None when it failed (already
+        rescheduled or dead)."""
         handler = self.handlers.get(job.kind)
         try:
             if handler is None:
                 raise PermanentFailure(f"no handler for outbox kind {job.kind!r}")
-            await handler(job)
+            record = await handler(job)
         except RetryLater as exc:
             await self._reschedule(job, str(exc), exc.delay_s)
         except PermanentFailure as exc:
@@ -181,14 +219,33 @@ class Outbox:
             log.warning("outbox job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__, exc_info=True)
             await self._reschedule(job, f"{type(exc).__name__}: {exc}", None)
         else:
-            await self._finish(job)
+            return _Done(job, record)
+        return None
 
-    async def _finish(self, job: Job) -> None:
+    async def _finish(self, done: list[_Done]) -> None:
+        """Mark jobs done in one transaction, with what their handlers record about them (the outbound
+        message log), so a delivered item costs one commit however many were delivered together."""
+        if not done:
+            return
+        async with self.db.session() as session:
+            for item in done:
+                if item.record is not None:
+                    await item.record(session)
+            await session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id.in_([item.job.id for item in done]))
+                .values(status=OutboxStatus.DONE, locked_until=None, last_error=None, updated_at=utcnow())
+            )
+
+    async def _release(self, jobs: list[Job]) -> None:
+        """Give claimed but unattempted items back (their attempt does not count)."""
+        if not jobs:
+            return
         async with self.db.session() as session:
             await session.execute(
                 update(OutboxItem)
-                .where(OutboxItem.id == job.id)
-                .values(status=OutboxStatus.DONE, locked_until=None, last_error=None, updated_at=utcnow())
+                .where(OutboxItem.id.in_([job.id for job in jobs]), OutboxItem.status == OutboxStatus.PENDING)
+                .values(locked_until=None, attempts=OutboxItem.attempts - 1, updated_at=utcnow())
             )
 
     def backoff(self, attempts: int) -> float:

@@ -8,12 +8,13 @@ from collections import Counter
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.settings import OutboxSettings
 from tawasul.db import Database
 from tawasul.db.migrate import upgrade_async
 from tawasul.db.models import OutboxItem, OutboxStatus
-from tawasul.outbox import Job, Outbox, PermanentFailure, RetryLater, enqueue
+from tawasul.outbox import Job, Outbox, PermanentFailure, Recorder, RetryLater, enqueue
 
 FAST = OutboxSettings(poll_interval_s=0.05, max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
 
@@ -126,3 +127,76 @@ async def test_two_workers_never_deliver_an_item_twice(db: Database) -> None:
         await box.db.close()
     assert sorted(delivered) == list(range(60))
     assert set(delivered.values()) == {1}
+
+
+async def test_claim_in_a_transaction_takes_the_free_front_of_one_key_and_runs_it_in_order(db: Database) -> None:
+    """The engine leases a citizen's replies in the turn's own commit (``claim``) and sends them one after
+    another (``run_in_order``); what a job records is written in the commit that marks it done."""
+    seen: list[int] = []
+
+    async def handler(job: Job) -> Recorder:
+        seen.append(job.payload["n"])
+
+        async def record(session: AsyncSession) -> None:
+            await enqueue(session, "log", {"sent": job.payload["n"]}, dedup_key=f"log{job.payload['n']}")
+
+        return record
+
+    box = Outbox(db, FAST)
+    box.register("send", handler)
+    async with db.session() as s:
+        for n in (1, 2, 3):
+            await enqueue(s, "send", {"n": n}, dedup_key=f"k{n}", ordering_key="c:1")
+        await enqueue(s, "send", {"n": 9}, dedup_key="other", ordering_key="c:2")
+        jobs = await box.claim(s, "c:1")
+    assert [j.payload["n"] for j in jobs] == [1, 2, 3]  # the whole front of c:1, nothing of c:2
+    async with db.session() as s:  # leased: another claim (another worker) gets none of them
+        assert await box.claim(s, "c:1") == []
+    assert await box.run_in_order(jobs) == 3
+    assert seen == [1, 2, 3]
+    async with db.session() as s:
+        rows = {r.dedup_key: r for r in (await s.execute(select(OutboxItem))).scalars()}
+    assert all(rows[f"k{n}"].status == OutboxStatus.DONE for n in (1, 2, 3))
+    assert {"log1", "log2", "log3"} <= set(rows) and rows["other"].status == OutboxStatus.PENDING
+
+
+async def test_claim_stops_behind_an_item_that_is_backing_off_or_held(db: Database) -> None:
+    box = Outbox(db, FAST)
+    box.register("send", lambda job: asyncio.sleep(0))
+    async with db.session() as s:
+        await enqueue(s, "send", {"n": 1}, dedup_key="k1", ordering_key="c:1", delay_s=60)  # backing off
+        await enqueue(s, "send", {"n": 2}, dedup_key="k2", ordering_key="c:1")
+        assert await box.claim(s, "c:1") == []  # 2 may not overtake 1
+    async with db.session() as s:
+        await enqueue(s, "send", {"n": 3}, dedup_key="k3", ordering_key="c:3")
+        await enqueue(s, "send", {"n": 4}, dedup_key="k4", ordering_key="c:3")
+    first = await box._claim_batch(10, "c:3")  # another worker holds the head of c:3
+    assert [j.payload["n"] for j in first] == [3]
+    async with db.session() as s:
+        assert await box.claim(s, "c:3") == []
+
+
+async def test_run_in_order_stops_at_a_failure_and_gives_the_rest_back_in_order(db: Database) -> None:
+    seen: list[int] = []
+    fail = {2}
+
+    async def handler(job: Job) -> None:
+        n = job.payload["n"]
+        if n in fail:
+            fail.discard(n)
+            raise RetryLater("platform busy", delay_s=0)
+        seen.append(n)
+
+    box = Outbox(db, FAST)
+    box.register("send", handler)
+    async with db.session() as s:
+        for n in (1, 2, 3):
+            await enqueue(s, "send", {"n": n}, dedup_key=f"k{n}", ordering_key="c:1")
+        jobs = await box.claim(s, "c:1")
+    assert await box.run_in_order(jobs) == 1
+    assert seen == [1]
+    async with db.session() as s:
+        third = (await s.execute(select(OutboxItem).where(OutboxItem.dedup_key == "k3"))).scalar_one()
+    assert third.status == OutboxStatus.PENDING and third.locked_until is None and third.attempts == 0
+    await box.run_due(ordering_key="c:1")
+    assert seen == [1, 2, 3]

@@ -123,11 +123,15 @@ async def test_a_reply_delivered_by_another_workers_outbox_reaches_a_poll_on_eit
     pair: tuple[Service, Service], http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service_a, service_b = pair
-    # A commits the turn but does not deliver it inline (as when that failed and was left to the loops) and
-    # runs no outbox loop: the replies can only go out through B's background outbox loop.
-    async def no_inline_delivery(citizen_id: int) -> None:
+    # A commits the turn but neither leases its replies nor delivers them inline (as when that failed and was
+    # left to the loops) and runs no outbox loop: the replies can only go out through B's outbox loop.
+    async def no_claim(session: object, ordering_key: str, **kwargs: object) -> list[object]:
+        return []
+
+    async def no_inline_delivery(citizen_id: int, **kwargs: object) -> None:
         return None
 
+    monkeypatch.setattr(service_a.outbox, "claim", no_claim)
     monkeypatch.setattr(service_a.engine, "deliver", no_inline_delivery)
     page_a = Page(http, service_a, "shared-citizen-01")
     page_b = Page(http, service_b, "shared-citizen-01")
