@@ -23,8 +23,8 @@ the generator takes little CPU. The fake Bot API (a tiny aiohttp server in its o
 sendMessage with time.monotonic() (CLOCK_MONOTONIC, one clock for all processes) on receipt and hands the stamps
 over when polled. Latency = scheduled POST time to that receipt, matched by chat id; a reply still missing 4 s
 after the level ends counts as infinitely slow. Sustained = p99 <= 100 ms and >= 95% of the updates answered and
-acknowledged 200. The machine is shared: a narrow miss (p99 <= 300 ms) is run once more; stepping stops at the
-first level missed. CPU seconds of each party (workers, fake, generator, this database's PostgreSQL backends; the
+acknowledged 200. The machine is shared: a level missed but not clearly saturated (>= 80% of the offered rate
+replied) is run once more; stepping stops at the first level missed. CPU seconds of each party (workers, fake, generator, this database's PostgreSQL backends; the
 machine's busy and steal time from /proc/stat, so other jobs show) are taken over each level and its settling.
 """
 
@@ -55,7 +55,7 @@ from e2e_common import (BOT_TOKEN, PG_ADMIN_DSN, WEBHOOK_SECRET, Spawned, clean_
                         wait_for_line, write_results)
 
 MODES = ("http-only", "one-commit", "sqlalchemy-core")
-LEVELS = (50, 100, 200, 300, 500, 650, 800, 1000, 1300, 1600, 2000, 2500, 3200)
+LEVELS = (50, 100, 200, 300, 500, 650, 800, 1000, 1300, 1600, 2000, 2500, 3200, 4000, 5000)
 TARGET_P99_MS = 100.0
 CONNECTIONS, POOL = 100, 8
 SCRIPT = Path(__file__).resolve()
@@ -384,8 +384,8 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
                 print(f"   {rate:>5} /s (attempt {attempt}): {lv['replies_per_s']:>6.1f} replies/s, answered "
                       f"{lv['answered_pct']}%, p50 {lv['latency']['p50_ms']} ms, p99 {lv['latency']['p99_ms']} ms, "
                       f"cores {lv['cores_during_load']}", file=sys.stderr, flush=True)
-                if _meets(lv) or lv["latency"]["p99_ms"] > 3 * TARGET_P99_MS:
-                    break  # met, or not a narrow miss
+                if _meets(lv) or lv["replies_per_s"] < 0.8 * rate:
+                    break  # met, or clearly saturated
             if not _meets(lv):
                 break
         ok = [lv for lv in levels if _meets(lv)]
@@ -429,24 +429,27 @@ def render(r: dict[str, Any]) -> str:
         f"PostgreSQL: {r['postgres']}. Load average at start {r['loadavg_start']}; the machine is shared with "
         "other jobs: `other` = machine busy CPU minus the parties measured.", "",
         "## Summary", "",
-        "| pipeline | max sustained updates/s | first missed | p50 / p99 there | CPU ms per update: workers / fake / "
-        "generator / PostgreSQL / other | service-side bound: 2 cores / (workers + PostgreSQL) | rows stored / "
-        "replied | load avg before / after |",
-        "|---|---:|---:|---:|---|---:|---|---|",
+        "| pipeline | max sustained updates/s | first missed | p50 / p99 there | CPU ms per update there: workers / "
+        "fake / generator / PostgreSQL / other | service-side bound: 2 cores / (workers + PostgreSQL) | workers + "
+        "PostgreSQL CPU ms per update at 500/s | rows stored / replied | load avg before / after |",
+        "|---|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for m in r["modes"]:
         if "levels" not in m:
-            lines.append(f"| {m['mode']} | failed: {m.get('error')} | | | | | | |")
+            lines.append(f"| {m['mode']} | failed: {m.get('error')} | | | | | | | |")
             continue
         lv = m["at_max"] or m["levels"][0]
         c = lv["cpu_ms_per_update"]
         other = c["machine_busy"] - c["workers"] - c["fake"] - c["generator"] - c["postgres"]
         lat = f"{lv['latency']['p50_ms']:.0f} / {lv['latency']['p99_ms']:.0f} ms" if m["at_max"] else "-"
         rows = m.get("db_rows", {})
+        at500 = next((x["cpu_ms_per_update"] for x in m["levels"] if x["offered_per_s"] == 500), None)
+        svc500 = f"{at500['workers'] + at500['postgres']:.2f}" if at500 else "-"
         lines.append(
             f"| {m['mode']} | {m['max_sustained_per_s']:.0f} | {m['first_missed_per_s'] or 'none'} | {lat} | "
             f"{c['workers']:.2f} / {c['fake']:.2f} / {c['generator']:.2f} / {c['postgres']:.2f} / {other:.2f} | "
-            f"{2000 / (c['workers'] + c['postgres']):.0f}/s | {rows.get('stored', '-')} / {rows.get('replied', '-')} "
+            f"{2000 / (c['workers'] + c['postgres']):.0f}/s | "
+            f"{svc500} | {rows.get('stored', '-')} / {rows.get('replied', '-')} "
             f"| {m['loadavg_before']} / {m['loadavg_after']} |")
     lines += ["", "CPU per update at the highest sustained level (over the level and its settling; PostgreSQL = "
               "this database's backends, not the WAL writer or checkpointer, which fall under `other`).", "",

@@ -662,9 +662,19 @@ class TelegramInput(InputChannel):
             return
         if self._handler is None:
             raise RuntimeError("TelegramInput.start() was not called with a handler")
+        typing: asyncio.Task[None] | None = None
         if incoming.button is None:  # presses already got their feedback (the edited message)
-            self.application.create_task(self._output.send_typing(incoming.sender_id), update=update)
-        await self._handler(incoming, self._output)
+            typing = asyncio.create_task(self._typing_later(incoming.sender_id))
+        try:
+            await self._handler(incoming, self._output)
+        finally:
+            if typing is not None:
+                typing.cancel()
+
+    async def _typing_later(self, sender_id: str) -> None:
+        """"typing…" for an answer that is slow to come (the handler returns once it is sent)."""
+        await asyncio.sleep(self._settings.typing_after_s)
+        await self._output.send_typing(sender_id)
 
     async def _translate(self, update: Update) -> IncomingMessage | None:
         if update.callback_query is not None:
@@ -675,18 +685,26 @@ class TelegramInput(InputChannel):
         return None
 
     async def _on_press(self, update_id: int, query: CallbackQuery) -> IncomingMessage | None:
-        """Answer the press, take the keyboard off the message (showing the choice) and hand it on."""
+        """Hand the press on at once; answering it and taking the keyboard off the message (showing the
+        choice) run beside the dialogue turn, not before it."""
         message = query.message
-        bot = self.application.bot
         if message is None or query.data is None:
             await self._answer(query)
             return None
         first = self._output.claim_press(message.chat.id, message.message_id)
-        await self._answer(query)
         if not first:
+            await self._answer(query)
             log.info("telegram update %s: repeated press of one keyboard ignored", update_id)
             return None
         title = _button_title(message, query.data)
+        self.application.create_task(self._press_feedback(update_id, query, title))
+        return callback_to_incoming(update_id, query, title)
+
+    async def _press_feedback(self, update_id: int, query: CallbackQuery, title: str | None) -> None:
+        message = query.message
+        assert message is not None
+        bot = self.application.bot
+        await self._answer(query)
         edited = False
         if isinstance(message, Message) and message.text is not None and title is not None:
             try:
@@ -714,7 +732,6 @@ class TelegramInput(InputChannel):
                     update_id,
                     type(exc).__name__,
                 )
-        return callback_to_incoming(update_id, query, title)
 
     async def _answer(self, query: CallbackQuery) -> None:
         try:

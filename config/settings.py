@@ -186,6 +186,9 @@ class TelegramSettings(_Section):
     max_retry_after_s: float = Field(10.0, gt=0)
     # On shutdown, updates already taken are finished; work still running after this is cancelled.
     drain_timeout_s: float = Field(30.0, gt=0)
+    # "typing…" is shown only when the answer takes longer than this (most answers are out sooner, and a
+    # chat action per message would cost a Bot API call each).
+    typing_after_s: float = Field(1.0, ge=0)
     # Long-polling timeout of getUpdates (polling mode only).
     poll_timeout_s: int = Field(25, ge=0, le=50)
     # The cloud Bot API serves files up to 20 MB through getFile; a local Bot API server allows more.

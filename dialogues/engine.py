@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend_client.client import BackendClient
@@ -58,6 +58,7 @@ from dialogues.policy import Policy
 from dialogues.states import DRAFT_STATES, State
 from dialogues.store import (
     citizens_with_unprocessed,
+    inbound_since,
     insert_inbound,
     lock_conversation,
     next_unprocessed,
@@ -67,7 +68,7 @@ from dialogues.store import (
 from nlu.types import NLUResult, NLUUnavailable
 from tawasul.db import Database
 from tawasul.db.engine import database_unavailable
-from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, ProcessedEvent, utcnow
+from tawasul.db.models import Citizen, Conversation, MessageRecord, ProcessedEvent, utcnow
 from tawasul.outbox import Job, Outbox, enqueue
 from tawasul.privacy import mask_id
 
@@ -311,12 +312,7 @@ class DialogueEngine:
         answered with one polite notice per minute instead of being processed."""
         limit = self.settings.dialogue.flood_limit_per_minute
         since = now - dt.timedelta(minutes=1)
-        count = (await session.execute(
-            select(func.count()).select_from(MessageRecord).where(
-                MessageRecord.citizen_id == citizen.id, MessageRecord.direction == MessageDirection.IN,
-                MessageRecord.created_at >= since, MessageRecord.id <= record.id)
-        )).scalar_one()
-        if count <= limit:
+        if await inbound_since(session, citizen.id, since, record.id) <= limit:
             return False
         minute = now.strftime("%Y%m%d%H%M")
         await self._notify(session, citizen, lambda lang: self._text(lang, "flood"),

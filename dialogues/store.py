@@ -4,9 +4,9 @@ session so a whole turn commits or rolls back together."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +14,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.channel import IncomingMessage, incoming_to_json
 from dialogues.states import State
 from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, utcnow
+
+
+# Statements of every turn, built once: building a statement costs about as much as running it. The message
+# log is written through the table (Core), not the ORM unit of work, for the same reason.
+_MESSAGES = cast(Table, MessageRecord.__table__)
+_CITIZEN_BY_IDENTITY = select(Citizen).where(Citizen.channel == bindparam("channel"),
+                                             Citizen.channel_user_id == bindparam("user"))
+_CONVERSATION = select(Conversation).where(Conversation.citizen_id == bindparam("citizen")).execution_options(
+    populate_existing=True)
+_CONVERSATION_LOCKED = _CONVERSATION.with_for_update()
+_UNPROCESSED = (
+    select(MessageRecord)
+    .where(MessageRecord.citizen_id == bindparam("citizen"), MessageRecord.direction == MessageDirection.IN,
+           MessageRecord.processed_at.is_(None))
+    .order_by(MessageRecord.id)
+    .limit(bindparam("limit"))
+)
+_INBOUND_SINCE = select(func.count()).select_from(_MESSAGES).where(
+    _MESSAGES.c.citizen_id == bindparam("citizen"), _MESSAGES.c.direction == MessageDirection.IN,
+    _MESSAGES.c.created_at >= bindparam("since"), _MESSAGES.c.id <= bindparam("upto"))
 
 
 def _insert(session: AsyncSession) -> Any:
@@ -28,8 +48,8 @@ def is_postgres(session: AsyncSession) -> bool:
 async def upsert_citizen(session: AsyncSession, channel: str, channel_user_id: str) -> tuple[Citizen, bool]:
     """The citizen of a channel identity, created on first contact. Returns (citizen, created).
     Looked up first: every message but the first finds the row, and this saves a round trip."""
-    query = select(Citizen).where(Citizen.channel == channel, Citizen.channel_user_id == channel_user_id)
-    citizen = (await session.execute(query)).scalar_one_or_none()
+    params = {"channel": channel, "user": channel_user_id}
+    citizen = (await session.execute(_CITIZEN_BY_IDENTITY, params)).scalar_one_or_none()
     if citizen is not None:
         return citizen, False
     stmt = (
@@ -39,7 +59,7 @@ async def upsert_citizen(session: AsyncSession, channel: str, channel_user_id: s
     )
     result = await session.execute(stmt)
     created = bool(getattr(result, "rowcount", 0))  # False: another worker created it just now
-    return (await session.execute(query)).scalar_one(), created
+    return (await session.execute(_CITIZEN_BY_IDENTITY, params)).scalar_one(), created
 
 
 async def insert_inbound(
@@ -49,7 +69,7 @@ async def insert_inbound(
     kind = "button" if msg.button else "command" if msg.command else "media" if msg.attachments else (
         "location" if msg.location else "unsupported" if msg.unsupported else "text")
     stmt = (
-        _insert(session)(MessageRecord)
+        _insert(session)(_MESSAGES)
         .values(
             citizen_id=citizen_id,
             direction=MessageDirection.IN,
@@ -69,23 +89,19 @@ async def insert_inbound(
 
 async def record_outbound(session: AsyncSession, citizen_id: int, channel: str, text: str,
                           payload: dict[str, Any], platform_message_id: str | None = None) -> None:
-    session.add(
-        MessageRecord(
-            citizen_id=citizen_id, direction=MessageDirection.OUT, channel=channel, kind="text", text=text,
-            payload=payload, platform_message_id=platform_message_id, processed_at=utcnow(),
-        )
-    )
+    now = utcnow()
+    await session.execute(insert(_MESSAGES).values(
+        citizen_id=citizen_id, direction=MessageDirection.OUT, channel=channel, kind="text", text=text,
+        payload=payload, platform_message_id=platform_message_id, processed_at=now, created_at=now,
+    ))
 
 
 async def lock_conversation(session: AsyncSession, citizen_id: int) -> Conversation:
     """The citizen's conversation row, locked for this transaction (PostgreSQL ``FOR UPDATE``; on SQLite
     the ``BEGIN IMMEDIATE`` write lock already serialises turns), created on the first turn."""
-    query = select(Conversation).where(Conversation.citizen_id == citizen_id).execution_options(
-        populate_existing=True
-    )
-    if is_postgres(session):
-        query = query.with_for_update()
-    conv = (await session.execute(query)).scalar_one_or_none()
+    query = _CONVERSATION_LOCKED if is_postgres(session) else _CONVERSATION
+    params = {"citizen": citizen_id}
+    conv = (await session.execute(query, params)).scalar_one_or_none()
     if conv is not None:
         return conv
     await session.execute(
@@ -94,36 +110,23 @@ async def lock_conversation(session: AsyncSession, citizen_id: int) -> Conversat
                 last_activity_at=utcnow())
         .on_conflict_do_nothing(index_elements=["citizen_id"])
     )
-    return (await session.execute(query)).scalar_one()
+    return (await session.execute(query, params)).scalar_one()
+
+
+async def inbound_since(session: AsyncSession, citizen_id: int, since: dt.datetime, upto_id: int) -> int:
+    """How many messages the citizen sent since ``since``, up to and including message ``upto_id``."""
+    params = {"citizen": citizen_id, "since": since, "upto": upto_id}
+    return int((await session.execute(_INBOUND_SINCE, params)).scalar_one())
 
 
 async def next_unprocessed(session: AsyncSession, citizen_id: int) -> MessageRecord | None:
-    query = (
-        select(MessageRecord)
-        .where(
-            MessageRecord.citizen_id == citizen_id,
-            MessageRecord.direction == MessageDirection.IN,
-            MessageRecord.processed_at.is_(None),
-        )
-        .order_by(MessageRecord.id)
-        .limit(1)
-    )
-    return (await session.execute(query)).scalar_one_or_none()
+    records = await unprocessed(session, citizen_id, limit=1)
+    return records[0] if records else None
 
 
 async def unprocessed(session: AsyncSession, citizen_id: int, limit: int = 50) -> list[MessageRecord]:
     """The citizen's inbound messages not handled yet, oldest first."""
-    query = (
-        select(MessageRecord)
-        .where(
-            MessageRecord.citizen_id == citizen_id,
-            MessageRecord.direction == MessageDirection.IN,
-            MessageRecord.processed_at.is_(None),
-        )
-        .order_by(MessageRecord.id)
-        .limit(limit)
-    )
-    return list((await session.execute(query)).scalars())
+    return list((await session.execute(_UNPROCESSED, {"citizen": citizen_id, "limit": limit})).scalars())
 
 
 async def citizens_with_unprocessed(session: AsyncSession, older_than: dt.datetime, limit: int = 100) -> list[int]:

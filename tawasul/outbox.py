@@ -23,19 +23,21 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from config.settings import OutboxSettings
 from tawasul.db import Database
 from tawasul.db.models import OutboxItem, OutboxStatus, utcnow
 
 log = logging.getLogger(__name__)
+# Core statements on the table, not the ORM entity: the queue is on every message's hot path and the ORM's
+# bulk-statement machinery costs more than the statement itself.
+_T = cast(Table, OutboxItem.__table__)
 
 
 class RetryLater(Exception):
@@ -97,7 +99,7 @@ async def enqueue(
         "updated_at": utcnow(),
     }
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(OutboxItem).values(**values)
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(_T).values(**values)
     await session.execute(stmt.on_conflict_do_nothing(index_elements=["dedup_key"]))
 
 
@@ -108,6 +110,7 @@ class Outbox:
         self.handlers: dict[str, JobHandler] = {}
         self.on_dead: dict[str, DeadHandler] = {}
         self._wakeup = asyncio.Event()
+        self._statements: dict[tuple[int, bool, bool], Any] = {}
 
     def register(self, kind: str, handler: JobHandler, on_dead: DeadHandler | None = None) -> None:
         self.handlers[kind] = handler
@@ -119,56 +122,73 @@ class Outbox:
         self._wakeup.set()
 
     # -- claiming -------------------------------------------------------------------------------------
-    def _claim_statement(self, limit: int, ordering_key: str | None, *, prefix: bool) -> Any:
+    def _claim_statement(self, limit: int, keyed: bool, *, prefix: bool) -> Any:
         """One ``UPDATE ... WHERE id IN (candidates) RETURNING``: leases due items in a single round trip.
 
         ``prefix=False`` (the general drain) takes at most the head of each ordering key, so a batch can run
         concurrently. ``prefix=True`` (one key, run in order by ``run_in_order``) takes the run of items at
         the front of that key's queue that are all free and due, so one citizen's several replies go out
-        in one claim."""
-        now = utcnow()
-        cand = aliased(OutboxItem)
-        earlier = aliased(OutboxItem)
-        blocking = earlier.status == OutboxStatus.PENDING
+        in one claim. Built once per shape with bound parameters (building it is most of its cost)."""
+        shape = (limit, keyed, prefix)
+        cached = self._statements.get(shape)
+        if cached is not None:
+            return cached
+        now = bindparam("p_now", type_=_T.c.next_attempt_at.type)
+        table = _T
+        cand = table.alias("cand")
+        earlier = table.alias("earlier")
+        blocking = earlier.c.status == OutboxStatus.PENDING
         if prefix:  # an earlier item in someone's hands or backing off holds the rest back
-            blocking = blocking & (((earlier.locked_until.is_not(None)) & (earlier.locked_until >= now))
-                                   | (earlier.next_attempt_at > now))
-        blocked = exists().where(and_(earlier.ordering_key == cand.ordering_key, earlier.id < cand.id, blocking))
-        free = (cand.locked_until.is_(None)) | (cand.locked_until < now)
+            blocking = blocking & (((earlier.c.locked_until.is_not(None)) & (earlier.c.locked_until >= now))
+                                   | (earlier.c.next_attempt_at > now))
+        blocked = (
+            exists().where(and_(earlier.c.ordering_key == cand.c.ordering_key, earlier.c.id < cand.c.id, blocking))
+            .correlate(cand)
+        )
+        free = (cand.c.locked_until.is_(None)) | (cand.c.locked_until < now)
         candidates = (
-            select(cand.id)
-            .where(cand.status == OutboxStatus.PENDING, cand.next_attempt_at <= now, free,
-                   (cand.ordering_key.is_(None)) | ~blocked)
-            .order_by(cand.id)
+            select(cand.c.id)
+            .where(cand.c.status == OutboxStatus.PENDING, cand.c.next_attempt_at <= now, free,
+                   (cand.c.ordering_key.is_(None)) | ~blocked)
+            .order_by(cand.c.id)
             .limit(limit)
         )
-        if ordering_key is not None:
-            candidates = candidates.where(cand.ordering_key == ordering_key)
+        if keyed:
+            candidates = candidates.where(cand.c.ordering_key == bindparam("p_key"))
         if self.db.dialect == "postgresql":  # other workers' candidates are skipped, not waited for
             candidates = candidates.with_for_update(skip_locked=True, of=cand)
         # The conditional UPDATE is what makes a claim exclusive (SQLite has no SKIP LOCKED).
-        item_free = (OutboxItem.locked_until.is_(None)) | (OutboxItem.locked_until < now)
-        return (
-            update(OutboxItem)
-            .where(OutboxItem.id.in_(candidates.scalar_subquery()), OutboxItem.status == OutboxStatus.PENDING,
+        item_free = (table.c.locked_until.is_(None)) | (table.c.locked_until < now)
+        statement = (
+            update(table)
+            .where(table.c.id.in_(candidates.scalar_subquery()), table.c.status == OutboxStatus.PENDING,
                    item_free)
-            .values(locked_until=now + dt.timedelta(seconds=self.settings.lease_s),
-                    attempts=OutboxItem.attempts + 1, updated_at=now)
-            .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.payload, OutboxItem.attempts,
-                       OutboxItem.created_at)
+            .values(locked_until=bindparam("p_lease"), attempts=table.c.attempts + 1, updated_at=now)
+            .returning(table.c.id, table.c.kind, table.c.payload, table.c.attempts, table.c.created_at)
         )
+        self._statements[shape] = statement
+        return statement
+
+    def _claim_params(self, ordering_key: str | None) -> dict[str, Any]:
+        now = utcnow()
+        params: dict[str, Any] = {"p_now": now, "p_lease": now + dt.timedelta(seconds=self.settings.lease_s)}
+        if ordering_key is not None:
+            params["p_key"] = ordering_key
+        return params
 
     async def claim(self, session: AsyncSession, ordering_key: str, *, limit: int = 20) -> list[Job]:
         """Lease, in the caller's transaction, the items at the front of ``ordering_key``'s queue. The
         dialogue engine claims a citizen's replies in the same commit as the turn that queued them (no
         extra transaction), then hands them to ``run_in_order`` after the commit."""
-        rows = await session.execute(self._claim_statement(limit, ordering_key, prefix=True))
+        statement = self._claim_statement(limit, True, prefix=True)
+        rows = await session.execute(statement, self._claim_params(ordering_key))
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     async def _claim_batch(self, limit: int, ordering_key: str | None) -> list[Job]:
         """Lease up to ``limit`` due items (the head of each key) in one transaction."""
         async with self.db.session() as session:
-            rows = await session.execute(self._claim_statement(limit, ordering_key, prefix=False))
+            statement = self._claim_statement(limit, ordering_key is not None, prefix=False)
+            rows = await session.execute(statement, self._claim_params(ordering_key))
             jobs = [_job(r) for r in rows]
         return sorted(jobs, key=lambda j: j.id)
 
@@ -232,8 +252,8 @@ class Outbox:
                 if item.record is not None:
                     await item.record(session)
             await session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id.in_([item.job.id for item in done]))
+                update(_T)
+                .where(_T.c.id.in_([item.job.id for item in done]))
                 .values(status=OutboxStatus.DONE, locked_until=None, last_error=None, updated_at=utcnow())
             )
 
@@ -243,9 +263,9 @@ class Outbox:
             return
         async with self.db.session() as session:
             await session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id.in_([job.id for job in jobs]), OutboxItem.status == OutboxStatus.PENDING)
-                .values(locked_until=None, attempts=OutboxItem.attempts - 1, updated_at=utcnow())
+                update(_T)
+                .where(_T.c.id.in_([job.id for job in jobs]), _T.c.status == OutboxStatus.PENDING)
+                .values(locked_until=None, attempts=_T.c.attempts - 1, updated_at=utcnow())
             )
 
     def backoff(self, attempts: int) -> float:
@@ -259,8 +279,8 @@ class Outbox:
         delay = self.backoff(job.attempts) if delay_s is None else delay_s
         async with self.db.session() as session:
             await session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id == job.id)
+                update(_T)
+                .where(_T.c.id == job.id)
                 .values(
                     locked_until=None,
                     last_error=error[:2000],
@@ -273,8 +293,8 @@ class Outbox:
         log.error("outbox job %s (%s) is dead after %d attempts: %s", job.id, job.kind, job.attempts, error)
         async with self.db.session() as session:
             await session.execute(
-                update(OutboxItem)
-                .where(OutboxItem.id == job.id)
+                update(_T)
+                .where(_T.c.id == job.id)
                 .values(status=OutboxStatus.DEAD, locked_until=None, last_error=error[:2000], updated_at=utcnow())
             )
         on_dead = self.on_dead.get(job.kind)

@@ -40,7 +40,10 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
     ensure_sqlite_dir(url)
     kwargs: dict[str, Any] = {"echo": echo}
     if make_url(url).get_backend_name() == "postgresql":
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
+        # No pre-ping: it is a round trip on every checkout (two per message). A connection that died (a
+        # database restart) fails its first statement instead; SQLAlchemy then discards the whole pool, and
+        # that turn is retried (webhooks answer 503 so the platform sends again; the sweeper and outbox retry).
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, pool_recycle=1800)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -68,7 +68,27 @@ async def test_polling_receives_replies_and_confirms_on_stop(
     # The last getUpdates confirmed both updates, so a restart would not fetch them again.
     assert fake_telegram.calls_to("getUpdates")[-1].params["offset"] == second + 1
     assert fake_telegram.updates == []
-    assert (CHAT, "typing") in fake_telegram.chat_actions
+    assert fake_telegram.chat_actions == []  # answered at once: no "typing…" needed
+
+
+class SlowEcho(Recorder):
+    """Takes a while before answering (a filing waiting for the core backend)."""
+
+    async def __call__(self, message: IncomingMessage, output: OutputChannel) -> None:
+        await asyncio.sleep(0.6)
+        await super().__call__(message, output)
+
+
+async def test_typing_is_shown_only_while_an_answer_is_slow(fake_telegram: FakeTelegram, unused_port: int) -> None:
+    async with serve(polling_channel(fake_telegram, typing_after_s=0.2), SlowEcho(echo=True), unused_port):
+        fake_telegram.user_sends(CHAT, "وين وصل طلبي؟")
+        await wait_until(lambda: len(fake_telegram.sent) == 1, what="the slow echo")
+        assert fake_telegram.chat_actions == [(CHAT, "typing")]
+    async with serve(polling_channel(fake_telegram, typing_after_s=0.2), Recorder(echo=True), unused_port):
+        fake_telegram.user_sends(CHAT, "شكرا")
+        await wait_until(lambda: len(fake_telegram.sent) == 2, what="the quick echo")
+        await asyncio.sleep(0.3)  # past typing_after_s: a cancelled "typing…" would have been sent by now
+    assert fake_telegram.chat_actions == [(CHAT, "typing")]  # none for the quick one
 
 
 async def test_commands_registered_in_arabic_and_english(
