@@ -356,6 +356,7 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
     workers: list[Spawned] = []
     gen: Generator | None = None
     out: dict[str, Any] = {"mode": mode, "loadavg_before": loadavg()}
+    pg_started = await pg_start_time()
     try:
         if db:
             conn = await asyncpg.connect(dsn)
@@ -399,6 +400,7 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
             spawned.stop(10)
         out["errors_logged"] = [ln[:300] for w in workers for ln in w.log_tail(10**6).splitlines() if "ERROR" in ln]
         out["loadavg_after"] = loadavg()
+        out["postgres_restarted"] = await pg_start_time() != pg_started  # by another job: the run is void
         if db:
             with contextlib.suppress(Exception):
                 conn = await asyncpg.connect(dsn)
@@ -407,6 +409,18 @@ async def run_mode(mode: str, args: argparse.Namespace, work: Path) -> dict[str,
                 await conn.close()
             await pg_drop(db)
     return out
+
+
+async def pg_start_time() -> str:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        started = str(await conn.fetchval("SELECT pg_postmaster_start_time()"))
+        await conn.close()
+    except Exception as exc:  # down (restarting)
+        return repr(exc)
+    return started
 
 
 async def pg_settings() -> dict[str, str]:
@@ -446,7 +460,8 @@ def render(r: dict[str, Any]) -> str:
         at500 = next((x["cpu_ms_per_update"] for x in m["levels"] if x["offered_per_s"] == 500), None)
         svc500 = f"{at500['workers'] + at500['postgres']:.2f}" if at500 else "-"
         lines.append(
-            f"| {m['mode']} | {m['max_sustained_per_s']:.0f} | {m['first_missed_per_s'] or 'none'} | {lat} | "
+            f"| {m['mode']}{' (PostgreSQL restarted meanwhile: void)' if m['postgres_restarted'] else ''} | "
+            f"{m['max_sustained_per_s']:.0f} | {m['first_missed_per_s'] or 'none'} | {lat} | "
             f"{c['workers']:.2f} / {c['fake']:.2f} / {c['generator']:.2f} / {c['postgres']:.2f} / {other:.2f} | "
             f"{2000 / (c['workers'] + c['postgres']):.0f}/s | "
             f"{svc500} | {rows.get('stored', '-')} / {rows.get('replied', '-')} "

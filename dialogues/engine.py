@@ -57,6 +57,7 @@ from dialogues.model import (
 from dialogues.policy import Policy
 from dialogues.states import DRAFT_STATES, State
 from dialogues.store import (
+    citizen_and_conversation,
     citizens_with_unprocessed,
     inbound_since,
     insert_inbound,
@@ -157,11 +158,10 @@ class DialogueEngine:
     async def _store_and_turn(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None) -> _Handled:
         now = self.clock()
         async with self.db.session() as session:
-            citizen, _ = await upsert_citizen(session, msg.channel, msg.sender_id)
+            citizen, conv = await citizen_and_conversation(session, msg.channel, msg.sender_id)
             if not await insert_inbound(session, citizen.id, msg, nlu_json):
                 return _Handled(citizen.id, duplicate=True)
-            citizen.last_inbound_at = now
-            conv = await lock_conversation(session, citizen.id)
+            _seen_now(citizen, now)
             backend_work = False
             # Normally just this message; older ones are left over from a crash or a database outage.
             for record in await unprocessed(session, citizen.id):
@@ -176,7 +176,7 @@ class DialogueEngine:
             citizen, _ = await upsert_citizen(session, msg.channel, msg.sender_id)
             fresh = await insert_inbound(session, citizen.id, msg, nlu_json)
             if fresh:
-                citizen.last_inbound_at = self.clock()
+                _seen_now(citizen, self.clock())
             citizen_id = citizen.id
         accepted()
         if fresh:
@@ -436,6 +436,14 @@ class DbEventLedger:
 
     async def mark(self, event_id: str) -> None:
         return None
+
+
+def _seen_now(citizen: Citizen, now: dt.datetime) -> None:
+    """Note the citizen's latest message (WhatsApp's 24-hour window). Written at most once a minute: an
+    UPDATE per message costs a round trip, and a value up to a minute old only closes the window earlier."""
+    last = _aware(citizen.last_inbound_at)
+    if last is None or now - last >= dt.timedelta(seconds=60) or now < last:
+        citizen.last_inbound_at = now
 
 
 def _view(citizen: Citizen, *, first_contact: bool, default: str) -> CitizenView:

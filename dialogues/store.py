@@ -24,6 +24,12 @@ _CITIZEN_BY_IDENTITY = select(Citizen).where(Citizen.channel == bindparam("chann
 _CONVERSATION = select(Conversation).where(Conversation.citizen_id == bindparam("citizen")).execution_options(
     populate_existing=True)
 _CONVERSATION_LOCKED = _CONVERSATION.with_for_update()
+_CITIZEN_AND_CONVERSATION = (
+    select(Citizen, Conversation).join(Conversation, Conversation.citizen_id == Citizen.id)
+    .where(Citizen.channel == bindparam("channel"), Citizen.channel_user_id == bindparam("user"))
+    .execution_options(populate_existing=True)
+)
+_CITIZEN_AND_CONVERSATION_LOCKED = _CITIZEN_AND_CONVERSATION.with_for_update(of=Conversation)
 _UNPROCESSED = (
     select(MessageRecord)
     .where(MessageRecord.citizen_id == bindparam("citizen"), MessageRecord.direction == MessageDirection.IN,
@@ -60,6 +66,18 @@ async def upsert_citizen(session: AsyncSession, channel: str, channel_user_id: s
     result = await session.execute(stmt)
     created = bool(getattr(result, "rowcount", 0))  # False: another worker created it just now
     return (await session.execute(_CITIZEN_BY_IDENTITY, params)).scalar_one(), created
+
+
+async def citizen_and_conversation(session: AsyncSession, channel: str,
+                                   channel_user_id: str) -> tuple[Citizen, Conversation]:
+    """The citizen and their conversation row, locked as ``lock_conversation`` does, both created on first
+    contact. One round trip for everyone who has written before."""
+    query = _CITIZEN_AND_CONVERSATION_LOCKED if is_postgres(session) else _CITIZEN_AND_CONVERSATION
+    row = (await session.execute(query, {"channel": channel, "user": channel_user_id})).first()
+    if row is not None:
+        return row[0], row[1]
+    citizen, _ = await upsert_citizen(session, channel, channel_user_id)
+    return citizen, await lock_conversation(session, citizen.id)
 
 
 async def insert_inbound(
