@@ -11,9 +11,10 @@ Two implementations:
 
 * ``InProcessRateLimiter``: GCRA per key, in memory, for budgets one process owns (a Telegram chat's
   1 message/s: one citizen's messages are sent in order by one worker at a time anyway).
-* ``SharedRateLimiter``: a token bucket per key in the ``rate_buckets`` table, so every worker process
-  on the same database shares one budget (Telegram's 30/s per bot, WhatsApp's 80/s per number). Its fast
-  path: one database round trip takes a small lease of tokens that the process then hands out locally.
+* ``SharedRateLimiter``: a GCRA slot schedule per key in the ``rate_buckets`` table, so every worker
+  process on the same database shares one budget (Telegram's 30/s per bot, WhatsApp's 80/s per number):
+  one database round trip reserves a few consecutive send slots, ``1 / rate`` apart across all processes,
+  that the process then hands out locally, each at its time (a slot it is too late for is skipped).
 
 Plus ``KeyedLocks`` (one FIFO lock per key) and ``backoff_delay`` (exponential back-off with jitter).
 """
@@ -26,6 +27,7 @@ import datetime as dt
 import math
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -42,8 +44,7 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-_EPSILON = 1e-6
-_MIN_WAIT = 0.001
+_EPSILON = 1e-6  # a wake-up this early counts as on time (float timestamps near 1.7e9 are not exact)
 
 
 class RateLimiter(Protocol):
@@ -120,24 +121,42 @@ class InProcessRateLimiter:
                 self._epoch.pop(key, None)
 
 
-@dataclass(slots=True)
-class _Lease:
-    tokens: int
-    expires_at: float
-
-
 class SharedRateLimiter:
-    """A token bucket per key in the ``rate_buckets`` table, shared by every process using the database.
+    """A GCRA slot scheduler per key in the ``rate_buckets`` table, shared by every process on the database.
 
-    The row holds the tokens left at ``updated_at``; a reader refills ``rate_per_s`` tokens per second up
-    to ``burst`` and takes what it needs under a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite
-    transactions here are ``BEGIN IMMEDIATE``, which serialises writers). A pause moves ``updated_at`` into
-    the future: nothing refills and nobody takes a token until then.
+    Slots. A key's budget is one sequence of slots ``1 / rate_per_s`` apart, whichever process uses them. The
+    key's row keeps the theoretical arrival time (TAT) of the next free slot in ``updated_at``; ``tokens`` is
+    not used (new rows get 0, old token-bucket values are ignored: the column is left from the token bucket
+    this replaced, so no migration). A round trip locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL;
+    SQLite transactions here are ``BEGIN IMMEDIATE``, which serialises writers), reads the clock and reserves
+    the next ``lease`` consecutive slots: ``start = max(now, TAT)``, slots ``start + i / rate``, then
+    ``TAT := start + lease / rate``. There is no burst tolerance: after an idle spell the first slot is "now",
+    the next one ``1 / rate`` later. The process hands its slots out locally: ``acquire`` takes the next one
+    and sleeps until its time. Callers of one key in one process queue FIFO behind one lock, so only one of
+    them talks to the database at a time. ``lease`` defaults to about ``rate / 10``: at saturation each
+    process makes one round trip per ~0.1 s.
 
-    Fast path: each round trip takes up to ``lease`` tokens; the process spends them locally for at most
-    ``lease_ttl_s`` (unused ones are dropped, which costs throughput, never the limit). Within a process,
-    callers of one key queue FIFO behind one lock, so only one of them talks to the database at a time.
-    A pause by another process reaches this one at its next round trip (at most one lease later).
+    Lateness. A process that wakes up late for a slot (a busy event loop, a stall) would send right behind
+    the next slot, perhaps another worker's, which is on time. So a slot more than ``slack_s`` late (default
+    half a slot, ``0.5 / rate``) is discarded and the next one taken; when none are left, a new round trip.
+
+    Bound. Every send happens at its slot time ``t`` or at most ``slack_s`` after it, and a key's slots are at
+    least ``1 / r`` apart across all processes. A send in a sliding second ``(a, a + 1]`` therefore has its
+    slot in ``(a - slack_s, a + 1]``, a half-open span of ``1 + slack_s`` seconds, which holds at most
+    ``ceil(r * (1 + slack_s))`` slots: any sliding second holds at most ``ceil(r * (1 + slack_s))`` sends
+    (<= ``r * (1 + slack_s) + 1``), however many processes share the key and however they stall. With the
+    default slack that is ``ceil(r + 0.5)``: 29 for the default ``telegram.global_rate_per_s`` of 28
+    (Telegram allows ~30/s), 77 for the default ``whatsapp.rate_per_s`` of 76 (80/s). The bound holds where
+    ``acquire`` returns; what the platform counts adds the spread of the request's way there (``r * jitter``
+    sends at worst), which the headroom between the configured rate and the platform limit must cover.
+    Processes compare wall clocks (``time.time``): hosts must be NTP-synced (a skew between hosts adds
+    ``r * skew``).
+
+    Costs. Slots reserved and never used (a process running out of work, slots discarded as late) cost
+    throughput, never the limit: nobody else gets them. A pause sets the TAT to at least its end, so every
+    process's next reservation starts after it, and drops this process's slots inside it; another process
+    still spends the slots it holds already (at most ``lease``, all due within about ``processes * lease /
+    rate`` seconds) before its next round trip meets the pause.
     """
 
     def __init__(
@@ -145,29 +164,26 @@ class SharedRateLimiter:
         db: Database,
         rate_per_s: float,
         *,
-        burst: float | None = None,
         lease: int | None = None,
-        lease_ttl_s: float = 1.0,
+        slack_s: float | None = None,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if rate_per_s <= 0:
             raise ValueError("rate_per_s must be > 0")
         self._db = db
-        self._rate = rate_per_s
-        self._lease = max(1, lease if lease is not None else int(rate_per_s // 10))
-        # A small bucket (one lease, a tenth of a second's worth): a full second's burst on top of the steady
-        # rate would put 2x the limit into one second and earn 429s that pause every send.
-        self._burst = float(burst if burst is not None else self._lease)
-        if self._burst < 1:
-            raise ValueError("burst must be >= 1")
-        self._lease_ttl = lease_ttl_s
-        self._clock = clock  # wall clock: it is compared across processes
+        self._interval = 1.0 / rate_per_s
+        self._lease = lease if lease is not None else max(1, round(rate_per_s / 10))
+        self._slack = slack_s if slack_s is not None else 0.5 * self._interval
+        if self._lease < 1 or self._slack < 0:
+            raise ValueError("lease must be >= 1 and slack_s >= 0")
+        self._clock = clock  # wall clock: slot times are compared across processes
         self._sleep = sleep
         self._locks = KeyedLocks()
-        self._leases: dict[str, _Lease] = {}
+        self._slots: dict[str, deque[float]] = {}  # this process's reserved slots per key, earliest first
         self._paused_until: dict[str, float] = {}
-        self.round_trips = 0  # observability and tests
+        self.round_trips = 0  # reservations made (observability and tests)
+        self.late_slots = 0  # slots discarded because this process was more than slack_s late for them
 
     async def acquire(self, key: str) -> None:
         async with self._locks.hold(key):
@@ -177,62 +193,73 @@ class SharedRateLimiter:
                 if until > now:
                     await self._sleep(until - now)
                     continue
-                lease = self._leases.get(key)
-                if lease is not None and lease.tokens > 0 and lease.expires_at > now:
-                    lease.tokens -= 1
-                    return
-                granted, wait = await self._take(key, self._lease, now)
-                if granted:
-                    self._leases[key] = _Lease(granted - 1, now + self._lease_ttl)
-                    return
-                self._leases.pop(key, None)
-                await self._sleep(wait)
+                slots = self._slots.get(key)
+                if not slots:
+                    reserved = await self._reserve(key)
+                    # A pause made here during the round trip voids the slots before its end.
+                    until = self._paused_until.get(key, 0.0)
+                    self._slots[key] = deque(slot for slot in reserved if slot >= until)
+                    continue  # the round trip took time: read the clock again
+                slot = slots[0]
+                if now > slot + self._slack:
+                    slots.popleft()
+                    self.late_slots += 1
+                    continue
+                if slot > now + _EPSILON:
+                    # Sleep holding the slot (it stays first in line), then look again: the wake-up may be
+                    # late, or a pause may have dropped the slot meanwhile.
+                    await self._sleep(slot - now)
+                    continue
+                slots.popleft()
+                return
 
     async def pause(self, key: str, seconds: float) -> None:
-        now = self._clock()
-        until = now + max(0.0, seconds)
-        self._paused_until[key] = max(until, self._paused_until.get(key, 0.0))
-        self._leases.pop(key, None)
+        until = max(self._clock() + max(0.0, seconds), self._paused_until.get(key, 0.0))
+        self._paused_until[key] = until
+        slots = self._slots.get(key)
+        if slots:
+            # Slots after the pause stay valid: the TAT is past them already, so nobody else gets them.
+            self._slots[key] = deque(slot for slot in slots if slot >= until)
         async with self._db.session() as session:
-            row = await self._locked_row(session, key, now)
+            row = await self._locked_row(session, key)
             if _seconds(row.updated_at) < until:
                 row.updated_at = _datetime(until)
-                row.tokens = 0.0
 
-    async def _take(self, key: str, want: int, now: float) -> tuple[int, float]:
-        """Take up to ``want`` tokens; return (tokens taken, seconds until one is available if none)."""
+    async def _reserve(self, key: str) -> list[float]:
+        """Reserve the key's next ``lease`` slots; return their times."""
         self.round_trips += 1
         async with self._db.session() as session:
-            row = await self._locked_row(session, key, now)
-            last = _seconds(row.updated_at)
-            if last > now:  # paused (by any process) until ``last``
-                return 0, last - now
-            tokens = min(self._burst, row.tokens + (now - last) * self._rate)
-            # Wall-clock seconds near 1.7e9 and microsecond timestamps are not exact: a token that is
-            # "0.9999999 there" counts, and waits are at least a millisecond so the clock can move.
-            granted = min(want, math.floor(tokens + _EPSILON))
-            row.tokens = max(0.0, tokens - granted)
-            row.updated_at = _datetime(now)
-            return granted, 0.0 if granted else max(_MIN_WAIT, (1.0 - row.tokens) / self._rate)
+            row = await self._locked_row(session, key)
+            now = self._clock()  # read under the lock, so "now" is at least every earlier holder's
+            start = max(now, _seconds(row.updated_at))
+            row.updated_at = _datetime(start + self._lease * self._interval)
+        return [start + i * self._interval for i in range(self._lease)]
 
-    async def _locked_row(self, session: AsyncSession, key: str, now: float) -> RateBucket:
-        insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
-        await session.execute(
-            insert(RateBucket)
-            .values(key=key, tokens=self._burst, updated_at=_datetime(now))
-            .on_conflict_do_nothing(index_elements=["key"])
-        )
-        result = await session.execute(
+    async def _locked_row(self, session: AsyncSession, key: str) -> RateBucket:
+        query = (
             select(RateBucket)
             .where(RateBucket.key == key)
             .with_for_update()
             .execution_options(populate_existing=True)
         )
-        return result.scalar_one()
+        row = (await session.execute(query)).scalar_one_or_none()
+        if row is None:  # the key's first use; of two concurrent creators one inserts, both lock it after
+            insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
+            await session.execute(
+                insert(RateBucket)
+                .values(key=key, tokens=0.0, updated_at=_EPOCH)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            row = (await session.execute(query)).scalar_one()
+        return row
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _datetime(seconds: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    # Rounded up to the microsecond the column keeps: a stored TAT never moves the next slot earlier.
+    return _EPOCH + dt.timedelta(microseconds=math.ceil(seconds * 1e6))
 
 
 def _seconds(value: dt.datetime) -> float:

@@ -77,6 +77,7 @@ from bot.telegram_format import (
     reply_keyboard,
 )
 from bot.telegram_parse import callback_to_incoming, kind_of, message_id_for, message_to_incoming
+from bot.telegram_request import AiohttpRequest
 from bot.text import split_text, utf16_len
 from config.settings import ServerSettings, TelegramSettings
 
@@ -422,6 +423,8 @@ class TelegramInput(InputChannel):
             .token(telegram.bot_token.get_secret_value())
             .base_url(telegram.api_base_url)
             .base_file_url(telegram.api_file_base_url)
+            .request(AiohttpRequest())
+            .get_updates_request(AiohttpRequest(connection_pool_size=1))
             .rate_limiter(self.rate_limiter)
             .concurrent_updates(PerChatUpdateProcessor())
             .job_queue(None)

@@ -1,16 +1,24 @@
-"""Rate limiter semantics, on a simulated clock (no real waiting): the in-process GCRA and the token bucket
-shared through the ``rate_buckets`` table on SQLite and PostgreSQL."""
+"""Rate limiter semantics, on a simulated clock (no real waiting): the in-process GCRA and the GCRA slot
+schedule shared through the ``rate_buckets`` table on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import bisect
+import datetime as dt
+import heapq
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from bot.ratelimit import InProcessRateLimiter, KeyedLocks, SharedRateLimiter, backoff_delay
 from tawasul.db import Database
 from tawasul.db.migrate import upgrade_async
+from tawasul.db.models import RateBucket
 from tests.fakes import wait_until
 
 START = 1_767_250_800.0
@@ -122,71 +130,167 @@ async def db(db_url: str) -> AsyncIterator[Database]:
         await database.close()
 
 
+class SimTime:
+    """Virtual time for several simulated workers running at once (one task each): a sleeping worker wakes
+    at its time; the clock jumps to the next wake-up only when every worker sleeps or is done (never while
+    one is busy, e.g. in the database). ``stall`` (optional, per worker) makes a worker wake up late."""
+
+    def __init__(self) -> None:
+        self.now = START
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._busy = 0
+        self._idle = asyncio.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleeper(self, stall: Callable[[], float] = lambda: 0.0) -> Callable[[float], Awaitable[None]]:
+        async def sleep(seconds: float) -> None:
+            future = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._sleepers, (self.now + max(0.0, seconds) + stall(), id(future), future))
+            self._set_busy(-1)
+            await future
+
+        return sleep
+
+    async def run(self, *workers: Coroutine[Any, Any, None]) -> None:
+        self._busy = len(workers)
+        tasks = [asyncio.create_task(self._worker(w)) for w in workers]
+        while self._busy or self._sleepers:
+            await asyncio.wait_for(self._idle.wait(), timeout=30)
+            self._idle.clear()
+            if not self._sleepers:
+                break
+            wake, _, future = heapq.heappop(self._sleepers)
+            self.now = max(self.now, wake)
+            self._busy += 1
+            future.set_result(None)
+        await asyncio.gather(*tasks)
+
+    async def _worker(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        finally:
+            self._set_busy(-1)
+
+    def _set_busy(self, change: int) -> None:
+        self._busy += change
+        if self._busy == 0:
+            self._idle.set()
+
+
+def most_in_one_second(times: list[float]) -> int:
+    """Most sends in any sliding window ``(t - 1, t]`` (the fake Bot API's count); 1 us spare at the open end
+    for float timestamps near 1.7e9."""
+    times = sorted(times)
+    return max((i + 1 - bisect.bisect_right(times, t - 1.0 + 1e-6) for i, t in enumerate(times)), default=0)
+
+
 async def test_shared_budget_is_one_budget_for_two_workers(db: Database) -> None:
-    time = FakeTime()
-    a = SharedRateLimiter(db, 10.0, burst=5, lease=1, clock=time.clock, sleep=time.sleep)
-    b = SharedRateLimiter(db, 10.0, burst=5, lease=1, clock=time.clock, sleep=time.sleep)
-    for limiter in (a, b, a, b, a):
-        await limiter.acquire("telegram:global")
-    assert time.elapsed == 0  # the burst of 5, split over two workers
-    await b.acquire("telegram:global")
-    assert time.elapsed == pytest.approx(0.1)  # the sixth waits for a token, whichever worker asks
-    for limiter in (a, b) * 7:
-        await limiter.acquire("telegram:global")
-    assert time.elapsed == pytest.approx(1.5)  # 20 requests = 5 burst + 15 at 10/s
+    """Two workers asking at once share one slot sequence: sends 0.1 s apart whichever worker makes them."""
+    sim = SimTime()
+    workers = [
+        SharedRateLimiter(db, 10.0, lease=2, clock=sim.clock, sleep=sim.sleeper()) for _ in range(2)
+    ]
+    sends: list[tuple[float, int]] = []
+
+    async def worker(n: int) -> None:
+        for _ in range(10):
+            await workers[n].acquire("telegram:global")
+            sends.append((sim.now - START, n))
+
+    await sim.run(worker(0), worker(1))
+    assert sorted(t for t, _ in sends) == pytest.approx([i * 0.1 for i in range(20)])
+    # The two took turns two slots at a time (one lease each), one round trip per lease.
+    assert [n for _, n in sorted(sends)] == [0, 0, 1, 1] * 5
+    assert [w.round_trips for w in workers] == [5, 5]
+    assert sum(w.late_slots for w in workers) == 0
 
 
 async def test_shared_pause_reaches_the_other_worker(db: Database) -> None:
     time = FakeTime()
-    a = SharedRateLimiter(db, 10.0, burst=5, lease=1, clock=time.clock, sleep=time.sleep)
-    b = SharedRateLimiter(db, 10.0, burst=5, lease=1, clock=time.clock, sleep=time.sleep)
-    await a.acquire("whatsapp:1")
+    a = SharedRateLimiter(db, 10.0, lease=2, clock=time.clock, sleep=time.sleep)
+    b = SharedRateLimiter(db, 10.0, lease=2, clock=time.clock, sleep=time.sleep)
+    await a.acquire("whatsapp:1")  # A holds slots 0.0 (spent) and 0.1
     await a.pause("whatsapp:1", 3.0)  # worker A got a 429 with retry_after 3
     await b.acquire("whatsapp:1")
-    # Nothing before the pause ends, then the bucket refills from empty: one token after 0.1 s.
-    assert time.elapsed == pytest.approx(3.1)
+    assert time.elapsed == pytest.approx(3.0)  # B's first slot is the pause's end (B holds 3.0 and 3.1)
+    await a.acquire("whatsapp:1")
+    assert time.elapsed == pytest.approx(3.2)  # A's slot 0.1 went with the pause; its next ones follow B's
+    assert a.round_trips == 2
+
+
+async def test_shared_pause_voids_own_slots_inside_it(db: Database) -> None:
+    time = FakeTime()
+    limiter = SharedRateLimiter(db, 10.0, lease=5, clock=time.clock, sleep=time.sleep)
+    await limiter.acquire("k")  # holds 0.1 ... 0.4 now
+    await limiter.pause("k", 0.25)
+    await limiter.acquire("k")
+    assert time.elapsed == pytest.approx(0.3)  # 0.1 and 0.2 fell inside the pause; 0.3 is after it
+    assert limiter.round_trips == 1 and limiter.late_slots == 0
 
 
 async def test_shared_keys_are_independent(db: Database) -> None:
     time = FakeTime()
-    limiter = SharedRateLimiter(db, 1.0, burst=1, clock=time.clock, sleep=time.sleep)
+    limiter = SharedRateLimiter(db, 1.0, clock=time.clock, sleep=time.sleep)
     await limiter.acquire("k1")
     await limiter.acquire("k2")
     assert time.elapsed == 0
+    await limiter.acquire("k1")
+    assert time.elapsed == pytest.approx(1.0)
 
 
 async def test_shared_lease_saves_round_trips(db: Database) -> None:
     time = FakeTime()
-    limiter = SharedRateLimiter(db, 100.0, burst=100, lease=10, clock=time.clock, sleep=time.sleep)
+    limiter = SharedRateLimiter(db, 100.0, lease=10, clock=time.clock, sleep=time.sleep)
     for _ in range(30):
         await limiter.acquire("k")
     assert limiter.round_trips == 3
-    assert time.elapsed == 0
+    assert time.elapsed == pytest.approx(0.29)  # 30 slots 10 ms apart, the first one at once
+    assert SharedRateLimiter(db, 48.5)._lease == 5  # the default: about a tenth of a second's slots
 
 
-async def test_shared_unused_lease_expires(db: Database) -> None:
+async def test_shared_late_slot_is_discarded(db: Database) -> None:
     time = FakeTime()
-    limiter = SharedRateLimiter(
-        db, 10.0, burst=10, lease=5, lease_ttl_s=1.0, clock=time.clock, sleep=time.sleep
-    )
-    await limiter.acquire("k")  # takes 5, spends 1
-    time.now += 2.0  # the other 4 are stale now
+    limiter = SharedRateLimiter(db, 10.0, lease=4, clock=time.clock, sleep=time.sleep)  # slack 0.05 s
+    await limiter.acquire("k")  # slots 0.0 (spent), 0.1, 0.2, 0.3
+    time.now += 0.17  # a stall: 0.07 s late for slot 0.1
     await limiter.acquire("k")
-    assert limiter.round_trips == 2
+    assert time.elapsed == pytest.approx(0.2)  # slot 0.1 dropped, slot 0.2 waited for
+    assert limiter.late_slots == 1
+    time.now += 0.14  # 0.04 s late for slot 0.3: within the slack, used at once
+    await limiter.acquire("k")
+    assert time.elapsed == pytest.approx(0.34)
+    assert (limiter.late_slots, limiter.round_trips) == (1, 1)
 
 
-async def test_shared_budget_holds_under_concurrency(db: Database) -> None:
-    """Many concurrent requests from two workers (separate connections) with the clock stopped: exactly the
-    burst gets through - the row lock never lets two workers take the same tokens."""
+async def test_shared_late_wake_up_is_discarded(db: Database) -> None:
+    """Late out of the limiter's own sleep (a busy event loop) counts too."""
+    time = FakeTime()
+
+    async def slow_sleep(seconds: float) -> None:
+        await time.sleep(seconds + 0.06)  # every wake-up 0.06 s late, over the 0.05 s slack
+
+    limiter = SharedRateLimiter(db, 10.0, lease=3, clock=time.clock, sleep=slow_sleep)
+    await limiter.acquire("k")  # slot 0.0
+    await limiter.acquire("k")  # sleeps for 0.1, wakes at 0.16: too late; for 0.2, wakes at 0.26: too late
+    # ... and the next lease starts at 0.26 ("now"), so that slot is on time.
+    assert time.elapsed == pytest.approx(0.26)
+    assert (limiter.late_slots, limiter.round_trips) == (2, 2)
+
+
+async def test_shared_workers_never_get_the_same_slot(db: Database) -> None:
+    """Eight workers (separate connections) reserve at the same moment with the clock stopped: the row lock
+    hands each its own slot, and the row ends one slot past the last."""
     frozen = FakeTime()
     blocked = asyncio.Event()
+    wakes: list[float] = []
 
-    async def never(_: float) -> None:
+    async def never(seconds: float) -> None:
+        wakes.append(frozen.elapsed + seconds)
         await blocked.wait()
 
-    workers = [
-        SharedRateLimiter(db, 10.0, burst=5, lease=1, clock=frozen.clock, sleep=never) for _ in range(2)
-    ]
+    workers = [SharedRateLimiter(db, 10.0, lease=1, clock=frozen.clock, sleep=never) for _ in range(8)]
     granted = 0
 
     async def request(limiter: SharedRateLimiter) -> None:
@@ -194,12 +298,50 @@ async def test_shared_budget_holds_under_concurrency(db: Database) -> None:
         await limiter.acquire("global")
         granted += 1
 
-    tasks = [asyncio.create_task(request(workers[i % 2])) for i in range(12)]
-    await wait_until(lambda: granted >= 5, what="the burst")
-    # Both workers reached the database and were refused (each holds one request asleep)...
-    await wait_until(lambda: all(w.round_trips > 0 for w in workers), what="both workers asking")
-    await asyncio.sleep(0.3)  # ...and no wrongly granted request shows up late.
+    tasks = [asyncio.create_task(request(w)) for w in workers]
+    await wait_until(lambda: granted + len(wakes) == 8, what="every worker served or waiting")
+    await asyncio.sleep(0.2)  # nothing wrongly granted shows up late
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert granted == 5
+    assert granted == 1  # slot 0.0
+    assert sorted(wakes) == pytest.approx([0.1 * i for i in range(1, 8)])  # each its own later slot
+    async with db.session() as session:
+        row = (await session.execute(select(RateBucket).where(RateBucket.key == "global"))).scalar_one()
+    tat = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=dt.UTC)
+    assert tat.timestamp() - START == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_shared_sliding_second_stays_under_the_bound(db: Database, seed: int) -> None:
+    """Two simulated workers sharing a key, with random stalls (late wake-ups, gaps between sends, idle
+    spells): no sliding second ever holds more than ceil(r * (1 + slack)) sends, yet the stalls did make
+    slots late and most of the budget is still used."""
+    rate, lease, seconds = 20.0, 2, 15.0
+    slack = 0.5 / rate
+    bound = math.ceil(rate * (1 + slack))  # 21
+    rng = random.Random(seed)
+    sim = SimTime()
+
+    def stall() -> float:  # event-loop lag on waking up: often none, sometimes well past the slack
+        return rng.choice([0.0, 0.0, 0.0, rng.uniform(0.0, 0.02), rng.uniform(0.0, 0.3)])
+
+    workers = [
+        SharedRateLimiter(db, rate, lease=lease, clock=sim.clock, sleep=sim.sleeper(stall)) for _ in range(2)
+    ]
+    sends: list[float] = []
+
+    async def worker(limiter: SharedRateLimiter) -> None:
+        gap = sim.sleeper()
+        while sim.now - START < seconds:
+            await limiter.acquire("telegram:global")
+            sends.append(sim.now)
+            if rng.random() < 0.02:
+                await gap(rng.uniform(0.2, 1.0))  # no work for a while
+            elif rng.random() < 0.3:
+                await gap(rng.uniform(0.0, 0.08))  # time spent sending
+
+    await sim.run(*(worker(w) for w in workers))
+    assert most_in_one_second(sends) <= bound
+    assert sum(w.late_slots for w in workers) > 0  # the stalls did hit the late path
+    assert len(sends) >= 0.6 * rate * seconds
