@@ -235,7 +235,7 @@ class CaseService:
             raise RetryLater(str(exc), delay_s=exc.retry_after) from exc
         self.metrics.delivered(p["channel"])
 
-        async def record(session: AsyncSession) -> None:  # logged in the outbox's "done" commit
+        async def record(session: AsyncSession) -> None:  # logged once the outbox marks it done
             await record_outbound(session, p["citizen_id"], p["channel"], message.text,
                                   {"buttons": [b.payload for b in message.buttons], "outbox_id": job.id})
 

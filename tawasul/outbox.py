@@ -61,7 +61,7 @@ class Job:
     created_at: dt.datetime
 
 
-# What a job records when it is marked done, in that same transaction (e.g. the outbound message log).
+# What a job records once it is marked done (e.g. the outbound message log).
 Recorder = Callable[[AsyncSession], Awaitable[None]]
 JobHandler = Callable[[Job], Awaitable[Recorder | None]]
 DeadHandler = Callable[[Job, str], Awaitable[None]]
@@ -186,7 +186,7 @@ class Outbox:
 
     async def _claim_batch(self, limit: int, ordering_key: str | None) -> list[Job]:
         """Lease up to ``limit`` due items (the head of each key) in one transaction."""
-        async with self.db.session() as session:
+        async with self.db.autocommit() as session:  # one statement: atomic on its own
             statement = self._claim_statement(limit, ordering_key is not None, prefix=False)
             rows = await session.execute(statement, self._claim_params(ordering_key))
             jobs = [_job(r) for r in rows]
@@ -243,25 +243,27 @@ class Outbox:
         return None
 
     async def _finish(self, done: list[_Done]) -> None:
-        """Mark jobs done in one transaction, with what their handlers record about them (the outbound
-        message log), so a delivered item costs one commit however many were delivered together."""
+        """Mark jobs done, then write what their handlers record about them (the outbound message log): one
+        statement for the marks however many were delivered together."""
         if not done:
             return
-        async with self.db.session() as session:
-            for item in done:
-                if item.record is not None:
-                    await item.record(session)
+        # Not one transaction (that would cost BEGIN and COMMIT round trips): the mark first, then the log, so
+        # a crash in between loses a log line, never sends a message twice.
+        async with self.db.autocommit() as session:
             await session.execute(
                 update(_T)
                 .where(_T.c.id.in_([item.job.id for item in done]))
                 .values(status=OutboxStatus.DONE, locked_until=None, last_error=None, updated_at=utcnow())
             )
+            for item in done:
+                if item.record is not None:
+                    await item.record(session)
 
     async def _release(self, jobs: list[Job]) -> None:
         """Give claimed but unattempted items back (their attempt does not count)."""
         if not jobs:
             return
-        async with self.db.session() as session:
+        async with self.db.autocommit() as session:
             await session.execute(
                 update(_T)
                 .where(_T.c.id.in_([job.id for job in jobs]), _T.c.status == OutboxStatus.PENDING)
@@ -277,7 +279,7 @@ class Outbox:
             await self._dead(job, error)
             return
         delay = self.backoff(job.attempts) if delay_s is None else delay_s
-        async with self.db.session() as session:
+        async with self.db.autocommit() as session:
             await session.execute(
                 update(_T)
                 .where(_T.c.id == job.id)

@@ -81,6 +81,8 @@ class Database:
         self.url = url
         self.engine = create_engine(url, echo=echo, pool_size=pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Shares the pool; only the connections' isolation level differs while they are checked out.
+        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:
@@ -90,6 +92,18 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success, rolled back on error."""
         async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncSession]:
+        """A session whose every statement commits on its own (PostgreSQL ``AUTOCOMMIT``): no BEGIN and
+        COMMIT round trips, for work that is one statement, or several that need not be atomic. On SQLite
+        it is an ordinary transaction (its writers are serialised by ``BEGIN IMMEDIATE`` anyway)."""
+        if self.dialect != "postgresql":
+            async with self.session() as session:
+                yield session
+            return
+        async with self._autocommit_engine.connect() as conn, AsyncSession(bind=conn) as session:
             yield session
 
     async def ping(self) -> None:

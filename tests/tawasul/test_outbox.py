@@ -131,7 +131,7 @@ async def test_two_workers_never_deliver_an_item_twice(db: Database) -> None:
 
 async def test_claim_in_a_transaction_takes_the_free_front_of_one_key_and_runs_it_in_order(db: Database) -> None:
     """The engine leases a citizen's replies in the turn's own commit (``claim``) and sends them one after
-    another (``run_in_order``); what a job records is written in the commit that marks it done."""
+    another (``run_in_order``); what a job records is written once it is marked done."""
     seen: list[int] = []
 
     async def handler(job: Job) -> Recorder:
