@@ -113,7 +113,6 @@ async def fake_main(port: int) -> None:
     await _serve(app, port, reuse_port=False)
 
 
-
 class Store:
     """The update table through raw asyncpg (one-commit) or SQLAlchemy 2 async Core (sqlalchemy-core)."""
 
@@ -197,7 +196,6 @@ async def worker_main(mode: str, port: int, fake_url: str, dsn: str) -> None:
         await session.close()
         if store is not None:
             await store.close()
-
 
 
 class Conn(asyncio.Protocol):
@@ -303,7 +301,6 @@ class Generator:
                 i += 1
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
         return start, start + n / rate, late
-
 
 
 def cpu_snapshot(workers: list[Spawned], fake: Spawned, db: str | None) -> dict[str, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import math
 import random
 import time
 from collections import deque
@@ -139,6 +138,8 @@ class SharedRateLimiter:
     Lateness. A process that wakes up late for a slot (a busy event loop, a stall) would send right behind
     the next slot, perhaps another worker's, which is on time. So a slot more than ``slack_s`` late (default
     half a slot, ``0.5 / rate``) is discarded and the next one taken; when none are left, a new round trip.
+    ``late_slots`` counts them. A process whose every wake-up came later than ``slack_s`` (an event loop
+    that is never free on time) would get no slot at all: lateness costs its throughput, never the limit.
 
     Bound. Every send happens at its slot time ``t`` or at most ``slack_s`` after it, and a key's slots are at
     least ``1 / r`` apart across all processes. A send in a sliding second ``(a, a + 1]`` therefore has its
@@ -258,8 +259,8 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _datetime(seconds: float) -> dt.datetime:
-    # Rounded up to the microsecond the column keeps: a stored TAT never moves the next slot earlier.
-    return _EPOCH + dt.timedelta(microseconds=math.ceil(seconds * 1e6))
+    # The column keeps microseconds: a stored TAT moves a slot by half a microsecond at most.
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 def _seconds(value: dt.datetime) -> float:

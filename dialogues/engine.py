@@ -59,8 +59,10 @@ from dialogues.states import DRAFT_STATES, State
 from dialogues.store import (
     citizen_and_conversation,
     citizens_with_unprocessed,
+    inbound_counts,
     inbound_since,
     insert_inbound,
+    insert_inbound_handled,
     lock_conversation,
     next_unprocessed,
     unprocessed,
@@ -74,6 +76,7 @@ from tawasul.outbox import Job, Outbox, enqueue
 from tawasul.privacy import mask_id
 
 log = logging.getLogger(__name__)
+FLOOD_WINDOW = dt.timedelta(minutes=1)  # dialogue.flood_limit_per_minute counts messages in this window
 
 
 class Parser(Protocol):
@@ -159,13 +162,20 @@ class DialogueEngine:
         now = self.clock()
         async with self.db.session() as session:
             citizen, conv = await citizen_and_conversation(session, msg.channel, msg.sender_id)
-            if not await insert_inbound(session, citizen.id, msg, nlu_json):
-                return _Handled(citizen.id, duplicate=True)
-            _seen_now(citizen, now)
+            recent, waiting = await inbound_counts(session, citizen.id, now - FLOOD_WINDOW)
             backend_work = False
-            # Normally just this message; older ones are left over from a crash or a database outage.
-            for record in await unprocessed(session, citizen.id):
-                backend_work |= await self._run_turn(session, citizen, conv, record, now)
+            if waiting == 0:  # the usual case: this message is the only one to handle
+                record = await insert_inbound_handled(session, citizen.id, msg, nlu_json, now)
+                if record is None:
+                    return _Handled(citizen.id, duplicate=True)
+                _seen_now(citizen, now)
+                backend_work = await self._run_turn(session, citizen, conv, record, now, recent=recent + 1)
+            else:  # older messages are left over from a crash or a database outage: those first, in order
+                if not await insert_inbound(session, citizen.id, msg, nlu_json):
+                    return _Handled(citizen.id, duplicate=True)
+                _seen_now(citizen, now)
+                for record in await unprocessed(session, citizen.id):
+                    backend_work |= await self._run_turn(session, citizen, conv, record, now)
             jobs = await self.outbox.claim(session, ordering_key(citizen.id))
             return _Handled(citizen.id, jobs=jobs, backend_work=backend_work)
 
@@ -248,10 +258,13 @@ class DialogueEngine:
             return True
 
     async def _run_turn(self, session: AsyncSession, citizen: Citizen, conv: Conversation, record: MessageRecord,
-                        now: dt.datetime) -> bool:
+                        now: dt.datetime, *, recent: int | None = None) -> bool:
         """One inbound message, under the conversation lock. True when it queued backend work (a filing,
-        a reply or rating for the backend) that ``deliver`` should run now."""
-        if await self._flooded(session, citizen, record, now):
+        a reply or rating for the backend) that ``deliver`` should run now. ``recent``: the citizen's
+        messages in the flood window up to this one, when the caller counted them already."""
+        if recent is None:
+            recent = await inbound_since(session, citizen.id, now - FLOOD_WINDOW, record.id)
+        if await self._flooded(session, citizen, recent, now):
             record.processed_at = now
             return False
         await self._expire_if_idle(session, citizen, conv, now)
@@ -306,13 +319,10 @@ class DialogueEngine:
                 )
         return lang
 
-    async def _flooded(self, session: AsyncSession, citizen: Citizen, record: MessageRecord,
-                       now: dt.datetime) -> bool:
+    async def _flooded(self, session: AsyncSession, citizen: Citizen, recent: int, now: dt.datetime) -> bool:
         """One citizen may not starve the others: past the per-minute limit, messages are kept but
         answered with one polite notice per minute instead of being processed."""
-        limit = self.settings.dialogue.flood_limit_per_minute
-        since = now - dt.timedelta(minutes=1)
-        if await inbound_since(session, citizen.id, since, record.id) <= limit:
+        if recent <= self.settings.dialogue.flood_limit_per_minute:
             return False
         minute = now.strftime("%Y%m%d%H%M")
         await self._notify(session, citizen, lambda lang: self._text(lang, "flood"),

@@ -41,6 +41,12 @@ _INBOUND_SINCE = select(func.count()).select_from(_MESSAGES).where(
     _MESSAGES.c.citizen_id == bindparam("citizen"), _MESSAGES.c.direction == MessageDirection.IN,
     _MESSAGES.c.created_at >= bindparam("since"), _MESSAGES.c.id <= bindparam("upto"))
 
+_INBOUND_COUNTS = select(
+    func.count().filter(_MESSAGES.c.created_at >= bindparam("since")),
+    func.count().filter(_MESSAGES.c.processed_at.is_(None)),
+).where(_MESSAGES.c.citizen_id == bindparam("citizen"), _MESSAGES.c.direction == MessageDirection.IN,
+        (_MESSAGES.c.created_at >= bindparam("since")) | _MESSAGES.c.processed_at.is_(None))
+
 
 def _insert(session: AsyncSession) -> Any:
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
@@ -80,29 +86,48 @@ async def citizen_and_conversation(session: AsyncSession, channel: str,
     return citizen, await lock_conversation(session, citizen.id)
 
 
+def _inbound_values(citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None) -> dict[str, Any]:
+    kind = "button" if msg.button else "command" if msg.command else "media" if msg.attachments else (
+        "location" if msg.location else "unsupported" if msg.unsupported else "text")
+    return {"citizen_id": citizen_id, "direction": MessageDirection.IN, "channel": msg.channel,
+            "platform_message_id": msg.message_id, "kind": kind, "text": msg.text,
+            "payload": incoming_to_json(msg), "nlu": nlu, "created_at": utcnow()}
+
+
 async def insert_inbound(
     session: AsyncSession, citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None
 ) -> bool:
     """Log an inbound message; False when this platform message id was seen before (a re-delivery)."""
-    kind = "button" if msg.button else "command" if msg.command else "media" if msg.attachments else (
-        "location" if msg.location else "unsupported" if msg.unsupported else "text")
     stmt = (
         _insert(session)(_MESSAGES)
-        .values(
-            citizen_id=citizen_id,
-            direction=MessageDirection.IN,
-            channel=msg.channel,
-            platform_message_id=msg.message_id,
-            kind=kind,
-            text=msg.text,
-            payload=incoming_to_json(msg),
-            nlu=nlu,
-            created_at=utcnow(),
-        )
+        .values(**_inbound_values(citizen_id, msg, nlu))
         .on_conflict_do_nothing(index_elements=["channel", "platform_message_id"])
     )
     result = await session.execute(stmt)
     return bool(getattr(result, "rowcount", 0))
+
+
+async def insert_inbound_handled(
+    session: AsyncSession, citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None, now: dt.datetime
+) -> MessageRecord | None:
+    """Log an inbound message that this transaction handles (stored already marked processed: the turn
+    commits with it, or neither does). Returns it as a detached record, or None for a re-delivery."""
+    values = {**_inbound_values(citizen_id, msg, nlu), "processed_at": now}
+    stmt = (
+        _insert(session)(_MESSAGES)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["channel", "platform_message_id"])
+        .returning(_MESSAGES.c.id)
+    )
+    new_id = (await session.execute(stmt)).scalar_one_or_none()
+    return None if new_id is None else MessageRecord(id=new_id, **values)
+
+
+async def inbound_counts(session: AsyncSession, citizen_id: int, since: dt.datetime) -> tuple[int, int]:
+    """(messages the citizen sent since ``since``, messages of theirs not handled yet): the flood check
+    and the "anything left over?" check of a turn in one round trip."""
+    recent, waiting = (await session.execute(_INBOUND_COUNTS, {"citizen": citizen_id, "since": since})).one()
+    return int(recent or 0), int(waiting or 0)
 
 
 async def record_outbound(session: AsyncSession, citizen_id: int, channel: str, text: str,
