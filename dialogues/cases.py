@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select, update
@@ -31,10 +31,10 @@ from config.settings import NLUSettings
 from dialogues.i18n import Catalog
 from dialogues.model import AgencyDirectory, CaseView, CitizenView, Draft
 from dialogues.states import State
-from dialogues.store import _insert, lock_conversation, record_outbound
+from dialogues.store import _insert, lock_conversation, outbound_row
 from tawasul.db import Database
 from tawasul.db.models import CaseRecord, Citizen, ProcessedEvent, ReviewItem, ReviewReason, utcnow
-from tawasul.outbox import Job, PermanentFailure, Recorder, RetryLater, enqueue
+from tawasul.outbox import Job, NewJob, PermanentFailure, Recorder, RetryLater, enqueue, enqueue_many
 from tawasul.privacy import mask_id, redact
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,17 @@ def pending_reference(key: str) -> str:
 async def queue_message(
     session: AsyncSession, citizen: CitizenView | Citizen, message: OutgoingMessage, dedup_key: str
 ) -> None:
-    await enqueue(
-        session, SEND,
-        {"channel": citizen.channel, "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
-         "message": outgoing_to_json(message)},
-        dedup_key=dedup_key, ordering_key=ordering_key(citizen.id),
-    )
+    await queue_messages(session, citizen, [(message, dedup_key)])
+
+
+async def queue_messages(session: AsyncSession, citizen: CitizenView | Citizen,
+                         messages: Sequence[tuple[OutgoingMessage, str]]) -> None:
+    """Queue messages to the citizen, in order, in one round trip; each is ``(message, dedup_key)``."""
+    await enqueue_many(session, [
+        NewJob(SEND, {"channel": citizen.channel, "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
+                      "message": outgoing_to_json(message)}, dedup_key, ordering_key(citizen.id))
+        for message, dedup_key in messages
+    ])
 
 
 class DbCaseDirectory:
@@ -235,11 +240,9 @@ class CaseService:
             raise RetryLater(str(exc), delay_s=exc.retry_after) from exc
         self.metrics.delivered(p["channel"])
 
-        async def record(session: AsyncSession) -> None:  # logged once the outbox marks it done
-            await record_outbound(session, p["citizen_id"], p["channel"], message.text,
-                                  {"buttons": [b.payload for b in message.buttons], "outbox_id": job.id})
-
-        return record
+        # Logged once the outbox marks it done.
+        return outbound_row(p["citizen_id"], p["channel"], message.text,
+                            {"buttons": [b.payload for b in message.buttons], "outbox_id": job.id})
 
     async def job_file_case(self, job: Job) -> None:
         p = job.payload

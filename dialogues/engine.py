@@ -43,6 +43,7 @@ from dialogues.cases import (
     DbCaseDirectory,
     ordering_key,
     queue_message,
+    queue_messages,
 )
 from dialogues.model import (
     CitizenView,
@@ -281,8 +282,7 @@ class DialogueEngine:
         directory = DbCaseDirectory(session, self.status_backend, self.cases.metrics)
         outcome = await self.policy.step(view, state, data, Turn(msg, nlu, now), directory)
         lang = await self._apply_effects(session, citizen, view, outcome, record)
-        for i, reply in enumerate(outcome.replies):
-            await queue_message(session, view, reply, dedup_key=f"out:{record.id}:{i}")
+        await queue_messages(session, view, [(reply, f"out:{record.id}:{i}") for i, reply in enumerate(outcome.replies)])
         conv.state = str(outcome.state)
         conv.data = outcome.data.to_json()
         conv.last_activity_at = now

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,11 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.channel import IncomingMessage, incoming_to_json
 from dialogues.states import State
 from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, utcnow
+from tawasul.db.statements import insert_ignoring_conflict
+from tawasul.outbox import Row
 
 
 # Statements of every turn, built once: building a statement costs about as much as running it. The message
 # log is written through the table (Core), not the ORM unit of work, for the same reason.
 _MESSAGES = cast(Table, MessageRecord.__table__)
+_INBOUND_KEY = ("channel", "platform_message_id")  # a platform's re-delivery of a message is a conflict
 _CITIZEN_BY_IDENTITY = select(Citizen).where(Citizen.channel == bindparam("channel"),
                                              Citizen.channel_user_id == bindparam("user"))
 _CONVERSATION = select(Conversation).where(Conversation.citizen_id == bindparam("citizen")).execution_options(
@@ -98,13 +101,9 @@ async def insert_inbound(
     session: AsyncSession, citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None
 ) -> bool:
     """Log an inbound message; False when this platform message id was seen before (a re-delivery)."""
-    stmt = (
-        _insert(session)(_MESSAGES)
-        .values(**_inbound_values(citizen_id, msg, nlu))
-        .on_conflict_do_nothing(index_elements=["channel", "platform_message_id"])
-    )
-    result = await session.execute(stmt)
-    return bool(getattr(result, "rowcount", 0))
+    values = _inbound_values(citizen_id, msg, nlu)
+    stmt = insert_ignoring_conflict(_MESSAGES, tuple(values), _INBOUND_KEY, returning="id")
+    return (await session.execute(stmt, values)).first() is not None
 
 
 async def insert_inbound_handled(
@@ -113,13 +112,8 @@ async def insert_inbound_handled(
     """Log an inbound message that this transaction handles (stored already marked processed: the turn
     commits with it, or neither does). Returns it as a detached record, or None for a re-delivery."""
     values = {**_inbound_values(citizen_id, msg, nlu), "processed_at": now}
-    stmt = (
-        _insert(session)(_MESSAGES)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["channel", "platform_message_id"])
-        .returning(_MESSAGES.c.id)
-    )
-    new_id = (await session.execute(stmt)).scalar_one_or_none()
+    stmt = insert_ignoring_conflict(_MESSAGES, tuple(values), _INBOUND_KEY, returning="id")
+    new_id = (await session.execute(stmt, values)).scalar_one_or_none()
     return None if new_id is None else MessageRecord(id=new_id, **values)
 
 
@@ -130,13 +124,13 @@ async def inbound_counts(session: AsyncSession, citizen_id: int, since: dt.datet
     return int(recent or 0), int(waiting or 0)
 
 
-async def record_outbound(session: AsyncSession, citizen_id: int, channel: str, text: str,
-                          payload: dict[str, Any], platform_message_id: str | None = None) -> None:
+def outbound_row(citizen_id: int, channel: str, text: str, payload: dict[str, Any],
+                 platform_message_id: str | None = None) -> Row:
+    """The log line of a message delivered to the citizen (written by the outbox when it marks it done)."""
     now = utcnow()
-    await session.execute(insert(_MESSAGES).values(
-        citizen_id=citizen_id, direction=MessageDirection.OUT, channel=channel, kind="text", text=text,
-        payload=payload, platform_message_id=platform_message_id, processed_at=now, created_at=now,
-    ))
+    return Row(_MESSAGES, {"citizen_id": citizen_id, "direction": MessageDirection.OUT, "channel": channel,
+                           "kind": "text", "text": text, "payload": payload,
+                           "platform_message_id": platform_message_id, "processed_at": now, "created_at": now})
 
 
 async def lock_conversation(session: AsyncSession, citizen_id: int) -> Conversation:

@@ -21,18 +21,17 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.settings import OutboxSettings
 from tawasul.db import Database
 from tawasul.db.models import OutboxItem, OutboxStatus, utcnow
+from tawasul.db.statements import insert_ignoring_conflict
 
 log = logging.getLogger(__name__)
 # Core statements on the table, not the ORM entity: the queue is on every message's hot path and the ORM's
@@ -61,8 +60,17 @@ class Job:
     created_at: dt.datetime
 
 
-# What a job records once it is marked done (e.g. the outbound message log).
-Recorder = Callable[[AsyncSession], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A row to insert once the job is marked done; rows of one table from jobs finished together go in
+    one statement."""
+
+    table: Table
+    values: dict[str, Any]
+
+
+# What a job records once it is marked done (e.g. the outbound message log): a row, or any statements.
+Recorder = Row | Callable[[AsyncSession], Awaitable[None]]
 JobHandler = Callable[[Job], Awaitable[Recorder | None]]
 DeadHandler = Callable[[Job, str], Awaitable[None]]
 
@@ -77,6 +85,17 @@ def _job(row: Any) -> Job:
     return Job(id=row[0], kind=row[1], payload=row[2], attempts=row[3], created_at=row[4])
 
 
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to queue (see ``enqueue``)."""
+
+    kind: str
+    payload: Mapping[str, Any]
+    dedup_key: str
+    ordering_key: str | None = None
+    delay_s: float = 0.0
+
+
 async def enqueue(
     session: AsyncSession,
     kind: str,
@@ -87,20 +106,22 @@ async def enqueue(
     delay_s: float = 0.0,
 ) -> None:
     """Queue a job in the caller's transaction; a second job with the same dedup_key is ignored."""
-    values = {
-        "kind": kind,
-        "payload": dict(payload),
-        "dedup_key": dedup_key,
-        "ordering_key": ordering_key,
-        "status": OutboxStatus.PENDING,
-        "attempts": 0,
-        "next_attempt_at": utcnow() + dt.timedelta(seconds=delay_s),
-        "created_at": utcnow(),
-        "updated_at": utcnow(),
-    }
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(_T).values(**values)
-    await session.execute(stmt.on_conflict_do_nothing(index_elements=["dedup_key"]))
+    await enqueue_many(session, [NewJob(kind, payload, dedup_key, ordering_key, delay_s)])
+
+
+async def enqueue_many(session: AsyncSession, jobs: Sequence[NewJob]) -> None:
+    """Queue several jobs in one round trip (a turn's replies), in the order given."""
+    if not jobs:
+        return
+    now = utcnow()
+    rows = [
+        {"kind": job.kind, "payload": dict(job.payload), "dedup_key": job.dedup_key,
+         "ordering_key": job.ordering_key, "status": OutboxStatus.PENDING, "attempts": 0,
+         "next_attempt_at": now + dt.timedelta(seconds=job.delay_s), "created_at": now, "updated_at": now}
+        for job in jobs
+    ]
+    statement = insert_ignoring_conflict(_T, tuple(rows[0]), ("dedup_key",))
+    await session.execute(statement, rows if len(rows) > 1 else rows[0])
 
 
 class Outbox:
@@ -255,9 +276,14 @@ class Outbox:
                 .where(_T.c.id.in_([item.job.id for item in done]))
                 .values(status=OutboxStatus.DONE, locked_until=None, last_error=None, updated_at=utcnow())
             )
+            rows: dict[Table, list[dict[str, Any]]] = {}
             for item in done:
-                if item.record is not None:
+                if isinstance(item.record, Row):
+                    rows.setdefault(item.record.table, []).append(item.record.values)
+                elif item.record is not None:
                     await item.record(session)
+            for table, values in rows.items():
+                await session.execute(insert(table), values)
 
     async def _release(self, jobs: list[Job]) -> None:
         """Give claimed but unattempted items back (their attempt does not count)."""
