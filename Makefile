@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test lint bench bench-nlu browser rasa-setup clean
+.PHONY: setup run test lint bench bench-floor bench-nlu browser rasa-setup clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_nlu_embedded.py
 	$(BIN)/python benchmarks/bench_inbound.py
 	$(BIN)/python benchmarks/bench_fanout.py
+
+# The ceiling of the leanest Python webhook-to-reply pipeline on this machine (~4 min; context for bench).
+bench-floor: setup
+	$(BIN)/python benchmarks/bench_floor.py
 
 # Embedded engine vs Rasa DIET on the same held-out split (trains both; Rasa takes many minutes).
 bench-nlu: setup rasa-setup

@@ -29,14 +29,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, func, update
 
 from tawasul.db.models import RateBucket
+from tawasul.db.statements import insert_ignoring_conflict
 
 if TYPE_CHECKING:
     from tawasul.db import Database
@@ -124,21 +122,22 @@ class SharedRateLimiter:
     """A GCRA slot scheduler per key in the ``rate_buckets`` table, shared by every process on the database.
 
     Slots. A key's budget is one sequence of slots ``1 / rate_per_s`` apart, whichever process uses them. The
-    key's row keeps the theoretical arrival time (TAT) of the next free slot in ``updated_at``; ``tokens`` is
-    not used (new rows get 0, old token-bucket values are ignored: the column is left from the token bucket
-    this replaced, so no migration). A round trip locks the row (``SELECT ... FOR UPDATE`` on PostgreSQL;
-    SQLite transactions here are ``BEGIN IMMEDIATE``, which serialises writers), reads the clock and reserves
-    the next ``lease`` consecutive slots: ``start = max(now, TAT)``, slots ``start + i / rate``, then
-    ``TAT := start + lease / rate``. There is no burst tolerance: after an idle spell the first slot is "now",
+    key's row keeps the theoretical arrival time (TAT) of the next free slot in ``tokens``, as epoch seconds
+    (``updated_at`` says when it last moved; values left by the token bucket this replaced are small numbers,
+    read as "long ago", so no migration). A round trip is one statement, ``UPDATE ... SET tokens =
+    max(tokens, now) + lease / rate RETURNING tokens`` (its row lock serialises the processes; no transaction
+    around it), which reserves the next ``lease`` consecutive slots: ``start = max(now, TAT)``, slots
+    ``start + i / rate``. There is no burst tolerance: after an idle spell the first slot is "now",
     the next one ``1 / rate`` later. The process hands its slots out locally: ``acquire`` takes the next one
     and sleeps until its time. Callers of one key in one process queue FIFO behind one lock, so only one of
-    them talks to the database at a time. ``lease`` defaults to about ``rate / 10``: at saturation each
-    process makes one round trip per ~0.1 s.
+    them talks to the database at a time. ``lease`` defaults to about ``rate / 10`` and, unless given, a round
+    trip takes only as many slots as callers are waiting: at saturation each process makes one round trip per
+    ~0.1 s, at light load it books no slot it will not use.
 
     Lateness. A process that wakes up late for a slot (a busy event loop, a stall) would send right behind
     the next slot, perhaps another worker's, which is on time. So a slot more than ``slack_s`` late (default
-    half a slot, ``0.5 / rate``) is discarded and the next one taken; when none are left, a new round trip.
-    ``late_slots`` counts them. A process whose every wake-up came later than ``slack_s`` (an event loop
+    half a slot, ``0.5 / rate``, and at least 2 ms) is discarded and the next one taken; when none are left, a
+    new round trip. ``late_slots`` counts them. A process whose every wake-up came later than ``slack_s`` (an event loop
     that is never free on time) would get no slot at all: lateness costs its throughput, never the limit.
 
     Bound. Every send happens at its slot time ``t`` or at most ``slack_s`` after it, and a key's slots are at
@@ -175,9 +174,23 @@ class SharedRateLimiter:
         self._db = db
         self._interval = 1.0 / rate_per_s
         self._lease = lease if lease is not None else max(1, round(rate_per_s / 10))
-        self._slack = slack_s if slack_s is not None else 0.5 * self._interval
+        # Without an explicit lease, a round trip reserves as many slots as callers of the key are waiting in
+        # this process (up to the lease): at light load one slot, so no process books slots it does not use
+        # and makes another process's reply wait behind them; under load a full lease per round trip.
+        self._by_demand = lease is None
+        # Half a slot, but at least 2 ms: at very high rates (a benchmark's "unlimited" budget) half a slot is
+        # shorter than an event loop's wake-up jitter and every slot would be discarded as late.
+        self._slack = slack_s if slack_s is not None else max(0.5 * self._interval, 0.002)
         if self._lease < 1 or self._slack < 0:
             raise ValueError("lease must be >= 1 and slack_s >= 0")
+        # The TAT lives in ``tokens`` as epoch seconds (double precision: sub-microsecond at today's epoch).
+        later = func.greatest if db.dialect == "postgresql" else func.max  # SQLite's two-argument max()
+        self._advance_statement = (
+            update(_BUCKETS).where(_BUCKETS.c.key == bindparam("b_key"))
+            .values(tokens=later(_BUCKETS.c.tokens, bindparam("now")) + bindparam("span"),
+                    updated_at=bindparam("stamp"))
+            .returning(_BUCKETS.c.tokens)
+        )
         self._clock = clock  # wall clock: slot times are compared across processes
         self._sleep = sleep
         self._locks = KeyedLocks()
@@ -221,53 +234,36 @@ class SharedRateLimiter:
         if slots:
             # Slots after the pause stay valid: the TAT is past them already, so nobody else gets them.
             self._slots[key] = deque(slot for slot in slots if slot >= until)
-        async with self._db.session() as session:
-            row = await self._locked_row(session, key)
-            if _seconds(row.updated_at) < until:
-                row.updated_at = _datetime(until)
+        await self._advance(key, until, 0.0)
 
     async def _reserve(self, key: str) -> list[float]:
-        """Reserve the key's next ``lease`` slots; return their times."""
+        """Reserve the key's next slots (``lease``, or as many as are wanted now); return their times."""
         self.round_trips += 1
-        async with self._db.session() as session:
-            row = await self._locked_row(session, key)
-            now = self._clock()  # read under the lock, so "now" is at least every earlier holder's
-            start = max(now, _seconds(row.updated_at))
-            row.updated_at = _datetime(start + self._lease * self._interval)
-        return [start + i * self._interval for i in range(self._lease)]
+        count = min(self._lease, max(1, self._locks.waiting(key))) if self._by_demand else self._lease
+        span = count * self._interval
+        start = await self._advance(key, self._clock(), span) - span
+        return [start + i * self._interval for i in range(count)]
 
-    async def _locked_row(self, session: AsyncSession, key: str) -> RateBucket:
-        query = (
-            select(RateBucket)
-            .where(RateBucket.key == key)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        row = (await session.execute(query)).scalar_one_or_none()
-        if row is None:  # the key's first use; of two concurrent creators one inserts, both lock it after
-            insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
-            await session.execute(
-                insert(RateBucket)
-                .values(key=key, tokens=0.0, updated_at=_EPOCH)
-                .on_conflict_do_nothing(index_elements=["key"])
-            )
-            row = (await session.execute(query)).scalar_one()
-        return row
+    async def _advance(self, key: str, now: float, span: float) -> float:
+        """``TAT := max(TAT, now) + span`` in one statement (the row lock of the UPDATE serialises the
+        processes; no transaction around it); returns the new TAT."""
+        params = {"b_key": key, "now": now, "span": span, "stamp": _datetime(now)}
+        async with self._db.autocommit() as session:
+            tat = (await session.execute(self._advance_statement, params)).scalar_one_or_none()
+            if tat is None:  # the key's first use; of two concurrent creators one inserts
+                await session.execute(_CREATE, {"key": key, "tokens": 0.0, "updated_at": _EPOCH})
+                tat = (await session.execute(self._advance_statement, params)).scalar_one()
+        return float(tat)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_BUCKETS = cast(Table, RateBucket.__table__)
+_CREATE = insert_ignoring_conflict(_BUCKETS, ("key", "tokens", "updated_at"), ("key",))
 
 
 def _datetime(seconds: float) -> dt.datetime:
     # The column keeps microseconds: a stored TAT moves a slot by half a microsecond at most.
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
-
-
-def _seconds(value: dt.datetime) -> float:
-    # SQLite hands back naive datetimes; everything stored here is UTC.
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.timestamp()
 
 
 @dataclass(slots=True)
@@ -295,6 +291,11 @@ class KeyedLocks:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[key]
+
+    def waiting(self, key: str) -> int:
+        """Callers holding or queued for ``key``."""
+        entry = self._entries.get(key)
+        return entry.users if entry is not None else 0
 
     def __len__(self) -> int:
         return len(self._entries)

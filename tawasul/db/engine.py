@@ -81,8 +81,17 @@ class Database:
         self.url = url
         self.engine = create_engine(url, echo=echo, pool_size=pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Shares the pool; only the connections' isolation level differs while they are checked out.
-        self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit_engine = self.engine
+        if self.dialect == "postgresql":
+            # Its own small pool: AUTOCOMMIT (no BEGIN/COMMIT round trips) and synchronous_commit off (no WAL
+            # flush to wait for). Safe for what goes through it (outbox leases, done marks and retries, the
+            # delivered-message log, send budgets): a database crash can lose its last fraction of a second,
+            # which means a message sent again or a lease that expires, never a lost citizen message; turns
+            # (the inbound message and its state) commit durably through the main pool.
+            half = max(2, pool_size // 2)
+            self._autocommit_engine = create_async_engine(
+                url, echo=echo, pool_size=half, max_overflow=half, pool_recycle=1800,
+                isolation_level="AUTOCOMMIT", connect_args={"server_settings": {"synchronous_commit": "off"}})
 
     @property
     def dialect(self) -> str:
@@ -96,9 +105,10 @@ class Database:
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncSession]:
-        """A session whose every statement commits on its own (PostgreSQL ``AUTOCOMMIT``): no BEGIN and
-        COMMIT round trips, for work that is one statement, or several that need not be atomic. On SQLite
-        it is an ordinary transaction (its writers are serialised by ``BEGIN IMMEDIATE`` anyway)."""
+        """A session whose every statement commits on its own (PostgreSQL ``AUTOCOMMIT``, asynchronous
+        commit): no BEGIN and COMMIT round trips and no WAL flush, for work that is one statement, or several
+        that need not be atomic, and that may be lost in a database crash (see ``__init__``). On SQLite it
+        is an ordinary transaction (its writers are serialised by ``BEGIN IMMEDIATE`` anyway)."""
         if self.dialect != "postgresql":
             async with self.session() as session:
                 yield session
@@ -114,3 +124,5 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._autocommit_engine is not self.engine:
+            await self._autocommit_engine.dispose()

@@ -248,7 +248,8 @@ class StaffSession(Base):
 
 
 class RateBucket(Base):
-    """A token bucket shared by all workers (platform send budgets, per-citizen flood limits)."""
+    """A platform send budget shared by all workers (``bot.ratelimit.SharedRateLimiter``): ``tokens`` holds the
+    time of the next free send slot in epoch seconds (the column's name is left from an earlier token bucket)."""
 
     __tablename__ = "rate_buckets"
 

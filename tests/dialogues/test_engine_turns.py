@@ -81,7 +81,7 @@ async def test_messages_left_unprocessed_are_handled_first_in_order(harness: Har
     assert texts and help_text in texts[0], texts  # the left-over /help is answered first
     assert len(texts) >= 2 and help_text not in texts[-1]  # then the new message
     records = await inbound(service, "left-1")
-    assert [r.platform_message_id for r in records][0] == "story:left-1:0"
+    assert records[0].platform_message_id == "story:left-1:0"
     assert all(r.processed_at is not None for r in records)
     async with service.db.session() as session:
         waiting = (await session.execute(select(func.count()).select_from(MessageRecord).where(
