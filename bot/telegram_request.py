@@ -13,6 +13,8 @@ from __future__ import annotations
 
 
 import aiohttp
+
+# PTB's own HTTPXRequest uses these to tell "not given" from None; a subclass of BaseRequest needs the same.
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
