@@ -236,7 +236,7 @@ async def run_phase(args: argparse.Namespace, events: int, rate: float, budget_s
             procs.append(backend)
             await wait_for_line(backend, "core backend listening on")
             # The bot is configured a little under the platform's limit, as the deployment notes advise: the
-            # fake counts a strict sliding second, and leases spent late or timer jitter would otherwise cross it.
+            # fake counts a strict sliding second, and late slots (up to half a slot) or network jitter would cross it.
             extra = {"TAWASUL_TELEGRAM__GLOBAL_RATE_PER_S": str(rate * args.headroom)}
             extra.update(item.split("=", 1) for item in args.worker_env)  # may override the bot's limit
             env = bot_env(port=port, db_url=bot_db, backend_url=f"http://127.0.0.1:{backend_port}", fake=fake,
