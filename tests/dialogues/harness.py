@@ -4,8 +4,9 @@ in-process reference backend over HTTP; replies land in a collecting output chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from backend_client.client import BackendClient
@@ -19,6 +20,7 @@ from bot.channel import (
     OutgoingMessage,
     OutputChannel,
 )
+from config.settings import Settings
 from tawasul.app import Service
 
 _ids = itertools.count(1)
@@ -121,6 +123,18 @@ class Harness:
     def __init__(self, service: Service, channel: StoryChannel) -> None:
         self.service = service
         self.channel = channel
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, settings: Settings) -> AsyncIterator[Harness]:
+        """A whole service with a story channel, started and stopped around the block."""
+        channel = StoryChannel()
+        service = Service(settings, channels=[channel])
+        await service.start()
+        try:
+            yield cls(service, channel)
+        finally:
+            await service.stop()
 
     def person(self, sender_id: str) -> Person:
         return Person(self, sender_id)

@@ -18,7 +18,7 @@ from bot.channel import IncomingMessage, OutgoingMessage, incoming_to_json
 from dialogues.store import upsert_citizen
 from tawasul.app import Service
 from tawasul.db.models import CaseRecord, Citizen, MessageDirection, MessageRecord, utcnow
-from tests.dialogues.harness import Harness, StoryChannel, StoryOutput
+from tests.dialogues.harness import Harness, StoryOutput
 from tests.fakes import wait_until
 from tests.support import settings_for
 
@@ -29,13 +29,8 @@ FLOOD_LIMIT = 3
 async def harness(tmp_path: Path, trained_nlu_dir: Path, db_url: str) -> AsyncIterator[Harness]:
     settings = settings_for(db_url, tmp_path, dialogue={"flood_limit_per_minute": FLOOD_LIMIT,
                                                          "default_language": "en"})
-    channel = StoryChannel()
-    service = Service(settings, channels=[channel])
-    await service.start()
-    try:
-        yield Harness(service, channel)
-    finally:
-        await service.stop()
+    async with Harness.running(settings) as harness:
+        yield harness
 
 
 async def inbound(service: Service, sender: str) -> list[MessageRecord]:

@@ -14,7 +14,7 @@ from config.settings import OutboxSettings
 from tawasul.db import Database
 from tawasul.db.migrate import upgrade_async
 from tawasul.db.models import OutboxItem, OutboxStatus
-from tawasul.outbox import Job, Outbox, PermanentFailure, Recorder, RetryLater, enqueue
+from tawasul.outbox import Job, JobHandler, Outbox, PermanentFailure, Recorder, RetryLater, enqueue
 
 FAST = OutboxSettings(poll_interval_s=0.05, max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
 
@@ -36,22 +36,33 @@ async def test_enqueue_is_idempotent_on_dedup_key(db: Database) -> None:
     assert len(rows) == 1
 
 
-async def test_items_of_one_key_run_in_order_even_when_the_first_fails(db: Database) -> None:
+def failing_once(*numbers: int) -> tuple[list[int], JobHandler]:
+    """A handler that fails the jobs ``numbers`` once (retry at once) and notes the rest in order."""
     seen: list[int] = []
-    fail_once = {1}
+    fail = set(numbers)
 
     async def handler(job: Job) -> None:
         n = job.payload["n"]
-        if n in fail_once:
-            fail_once.discard(n)
-            raise RetryLater("try again", delay_s=0)
+        if n in fail:
+            fail.discard(n)
+            raise RetryLater("platform busy", delay_s=0)
         seen.append(n)
 
+    return seen, handler
+
+
+async def three_in_one_key(db: Database, handler: JobHandler) -> Outbox:
     box = Outbox(db, FAST)
     box.register("send", handler)
     async with db.session() as s:
         for n in (1, 2, 3):
             await enqueue(s, "send", {"n": n}, dedup_key=f"k{n}", ordering_key="c:1")
+    return box
+
+
+async def test_items_of_one_key_run_in_order_even_when_the_first_fails(db: Database) -> None:
+    seen, handler = failing_once(1)
+    box = await three_in_one_key(db, handler)
     # First round: 1 fails, 2 and 3 are blocked behind it; nothing delivered out of order.
     await box.run_due(ordering_key="c:1", max_rounds=1)
     assert seen == []
@@ -177,21 +188,9 @@ async def test_claim_stops_behind_an_item_that_is_backing_off_or_held(db: Databa
 
 
 async def test_run_in_order_stops_at_a_failure_and_gives_the_rest_back_in_order(db: Database) -> None:
-    seen: list[int] = []
-    fail = {2}
-
-    async def handler(job: Job) -> None:
-        n = job.payload["n"]
-        if n in fail:
-            fail.discard(n)
-            raise RetryLater("platform busy", delay_s=0)
-        seen.append(n)
-
-    box = Outbox(db, FAST)
-    box.register("send", handler)
+    seen, handler = failing_once(2)
+    box = await three_in_one_key(db, handler)
     async with db.session() as s:
-        for n in (1, 2, 3):
-            await enqueue(s, "send", {"n": n}, dedup_key=f"k{n}", ordering_key="c:1")
         jobs = await box.claim(s, "c:1")
     assert await box.run_in_order(jobs) == 1
     assert seen == [1]
