@@ -438,7 +438,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"| send span | {p['send_span_s']} s | |",
             f"| event fired to notice received, p50 / p99 | {lat['p50_ms'] / 1000:.2f} / "
             f"{lat['p99_ms'] / 1000:.2f} s | |",
-            f"| webhook response p50 / p99 (the bot answers once the event is stored) | "
+            f"| webhook response p50 / p99 (the bot answers after delivering) | "
             f"{firing['webhook_response']['p50_ms']:.0f} / {firing['webhook_response']['p99_ms']:.0f} ms | |",
             f"| webhook statuses | {firing['webhook_statuses']} | all 200 |",
             f"| outbox afterwards | {p['outbox']} | no pending, no dead |",

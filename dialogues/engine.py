@@ -121,7 +121,6 @@ class DialogueEngine:
         self.clock = clock
         self.metrics: Metrics = metrics or _NoMetrics()
         self._locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._deliveries: set[asyncio.Task[None]] = set()  # notices being delivered in the background
         outbox.register(SEND, cases.job_send)
         outbox.register(FILE_CASE, cases.job_file_case, on_dead=cases.on_file_dead)
         outbox.register(BACKEND_REPLY, cases.job_backend_reply)
@@ -414,20 +413,10 @@ class DialogueEngine:
     # ------------------------------------------------------------------ backend events
     async def on_backend_event(self, event: StatusEvent) -> None:
         """A status change from the core backend (webhook or poll): applied once per event id, in one
-        transaction with the notice it causes (``CaseService.on_event``). The notice is delivered in the
-        background: the backend's webhook is answered once the event is committed, not after the send
-        (which may wait for the platform's send budget during a fan-out); the outbox loop is the safety net."""
+        transaction with the notice it causes (``CaseService.on_event``), then delivered."""
         citizen_id = await self.cases.on_event(event)
         if citizen_id is not None:
-            task = asyncio.create_task(self.deliver(citizen_id))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-
-    async def drain(self, timeout_s: float) -> None:
-        """Let background deliveries finish (shutdown): a send cut off half-way could reach the citizen
-        and still be sent again after its lease expires."""
-        if self._deliveries:
-            await asyncio.wait(set(self._deliveries), timeout=timeout_s)
+            await self.deliver(citizen_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -275,8 +275,6 @@ class Service:
         # Let the background loops finish the job in hand (a message the platform already accepted must be
         # marked done, or it is sent again after a restart); cancel only what is still running after that.
         self._stop.set()
-        if self.engine is not None:
-            await self.engine.drain(30)
         if self.outbox is not None:
             self.outbox.wake()
         if self._tasks:

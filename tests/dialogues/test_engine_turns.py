@@ -1,11 +1,9 @@
 """The engine's one-transaction turn, on SQLite and PostgreSQL: a re-delivered message is handled once, the
 per-citizen flood limit keeps every message but answers the excess with one notice, and messages left
-unprocessed (a crash, a database outage) are handled before a new one, in order. A backend status event is
-acknowledged once committed, its notice delivered in the background."""
+unprocessed (a crash, a database outage) are handled before a new one, in order."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,13 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from backend_client.models import StatusEvent
-from bot.channel import IncomingMessage, OutgoingMessage, incoming_to_json
+from bot.channel import IncomingMessage, incoming_to_json
 from dialogues.store import upsert_citizen
 from tawasul.app import Service
-from tawasul.db.models import CaseRecord, Citizen, MessageDirection, MessageRecord, utcnow
-from tests.dialogues.harness import Harness, StoryOutput
-from tests.fakes import wait_until
+from tawasul.db.models import Citizen, MessageDirection, MessageRecord, utcnow
+from tests.dialogues.harness import Harness
 from tests.support import settings_for
 
 FLOOD_LIMIT = 3
@@ -86,38 +82,3 @@ async def test_messages_left_unprocessed_are_handled_first_in_order(harness: Har
         waiting = (await session.execute(select(func.count()).select_from(MessageRecord).where(
             MessageRecord.processed_at.is_(None)))).scalar_one()
     assert waiting == 0
-
-
-class HeldOutput(StoryOutput):
-    """An output whose sends wait until released (a platform send budget exhausted by a fan-out)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = asyncio.Event()
-
-    async def send(self, recipient_id: str, message: OutgoingMessage) -> None:
-        await self.release.wait()
-        await super().send(recipient_id, message)
-
-
-async def test_a_status_event_is_acknowledged_before_its_notice_is_sent(harness: Harness) -> None:
-    service = harness.service
-    held = HeldOutput()
-    service.engine.cases.outputs["story"] = held
-    async with service.db.session() as session:
-        citizen, _ = await upsert_citizen(session, "story", "event-1")
-        session.add(CaseRecord(citizen_id=citizen.id, idempotency_key="k-event-1", reference="TWS-2026-000777",
-                               type="complaint", agency="ewa", language="en", status="submitted"))
-    event = StatusEvent(event_id="7" * 32, sequence=1, reference="TWS-2026-000777", status="in_progress",
-                        previous_status="submitted", agency="ewa", channel="story", channel_user_id="event-1",
-                        language="en", occurred_at=utcnow())
-    # The webhook's work ends at the commit: it does not wait for the send that is held back.
-    await asyncio.wait_for(service.engine.on_backend_event(event), timeout=5)
-    await asyncio.sleep(0.2)  # the background delivery is under way, waiting for the send
-    assert held.sent == []
-    held.release.set()
-    await wait_until(lambda: len(held.sent) == 1, what="the notice, once the send is released")
-    assert "TWS-2026-000777" in held.sent[0].message.text
-    await service.engine.on_backend_event(event)  # the same event again: nothing new
-    await service.engine.drain(5)
-    assert len(held.sent) == 1
