@@ -155,7 +155,7 @@ class DialogueEngine:
         try:
             await self.outbox.run_in_order(done.jobs)
             if done.backend_work:
-                await self.deliver(done.citizen_id, backend_work=True)
+                await self.deliver(done.citizen_id)
         except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
             log.exception("inline delivery failed; the outbox loop will retry")
 
@@ -192,7 +192,7 @@ class DialogueEngine:
         accepted()
         if fresh:
             await self.process_citizen(citizen_id)
-            await self.deliver(citizen_id, backend_work=True)
+            await self.deliver(citizen_id)
 
     async def _parse(self, msg: IncomingMessage) -> dict[str, Any] | None:
         text = (msg.text or "").strip()
@@ -206,13 +206,13 @@ class DialogueEngine:
             return None
         return result.to_dict()
 
-    async def deliver(self, citizen_id: int, *, backend_work: bool = True) -> None:
-        """Deliver what is queued for this citizen now; failures stay queued for the background loop.
-        ``backend_work``: also run the citizen's filings and backend calls (and send what they queue)."""
+    async def deliver(self, citizen_id: int) -> None:
+        """Deliver what is queued for this citizen now, then run their filings and backend calls (and send
+        what those queue); failures stay queued for the background loop."""
         try:
             await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
             # A filing's answer (the reference) is queued by the filing itself: look again only after one ran.
-            if backend_work and await self.outbox.run_due(ordering_key=f"file:{citizen_id}"):
+            if await self.outbox.run_due(ordering_key=f"file:{citizen_id}"):
                 await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
         except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
             log.exception("inline delivery failed; the outbox loop will retry")

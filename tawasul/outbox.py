@@ -69,8 +69,8 @@ class Row:
     values: dict[str, Any]
 
 
-# What a job records once it is marked done (e.g. the outbound message log): a row, or any statements.
-Recorder = Row | Callable[[AsyncSession], Awaitable[None]]
+# What a job records once it is marked done (e.g. the outbound message log).
+Recorder = Row
 JobHandler = Callable[[Job], Awaitable[Recorder | None]]
 DeadHandler = Callable[[Job, str], Awaitable[None]]
 
@@ -278,10 +278,8 @@ class Outbox:
             )
             rows: dict[Table, list[dict[str, Any]]] = {}
             for item in done:
-                if isinstance(item.record, Row):
+                if item.record is not None:
                     rows.setdefault(item.record.table, []).append(item.record.values)
-                elif item.record is not None:
-                    await item.record(session)
             for table, values in rows.items():
                 await session.execute(insert(table), values)
 
