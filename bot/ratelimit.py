@@ -247,6 +247,13 @@ class SharedRateLimiter:
     async def _advance(self, key: str, now: float, span: float) -> float:
         """``TAT := max(TAT, now) + span`` in one statement (the row lock of the UPDATE serialises the
         processes; no transaction around it); returns the new TAT."""
+        if self._db.raw is not None:  # PostgreSQL: the same two statements straight through asyncpg
+            async with self._db.raw.relaxed() as conn:
+                value = await conn.fetchval(_ADVANCE_SQL, key, now, span, _datetime(now))
+                if value is None:
+                    await conn.execute(_CREATE_SQL, key, 0.0, _EPOCH)
+                    value = await conn.fetchval(_ADVANCE_SQL, key, now, span, _datetime(now))
+            return float(value)
         params = {"b_key": key, "now": now, "span": span, "stamp": _datetime(now)}
         async with self._db.autocommit() as session:
             tat = (await session.execute(self._advance_statement, params)).scalar_one_or_none()
@@ -259,6 +266,10 @@ class SharedRateLimiter:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _BUCKETS = cast(Table, RateBucket.__table__)
 _CREATE = insert_ignoring_conflict(_BUCKETS, ("key", "tokens", "updated_at"), ("key",))
+# One round trip per reservation, on every send: plain SQL on PostgreSQL's asyncpg pool (``tawasul.db.raw``).
+_ADVANCE_SQL = ("UPDATE rate_buckets SET tokens = greatest(tokens, $2::float8) + $3::float8, updated_at = $4 "
+                "WHERE key = $1 RETURNING tokens")
+_CREATE_SQL = "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING"
 
 
 def _datetime(seconds: float) -> dt.datetime:

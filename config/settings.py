@@ -52,6 +52,9 @@ class DatabaseSettings(_Section):
     url: str = "sqlite+aiosqlite:///var/tawasul.db"
     echo: bool = False
     pool_size: int = Field(10, ge=1)
+    # PostgreSQL: the usual turn as two hand-written statements (dialogues/pg_turn.py) instead of the locked
+    # ORM transaction; off runs every turn the locked way (tests compare the two).
+    quick_turns: bool = True
 
     @field_validator("url")
     @classmethod

@@ -96,11 +96,13 @@ async def queue_message(
 async def queue_messages(session: AsyncSession, citizen: CitizenView | Citizen,
                          messages: Sequence[tuple[OutgoingMessage, str]]) -> None:
     """Queue messages to the citizen, in order, in one round trip; each is ``(message, dedup_key)``."""
-    await enqueue_many(session, [
-        NewJob(SEND, {"channel": citizen.channel, "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
-                      "message": outgoing_to_json(message)}, dedup_key, ordering_key(citizen.id))
-        for message, dedup_key in messages
-    ])
+    await enqueue_many(session, [reply_job(citizen, message, dedup_key) for message, dedup_key in messages])
+
+
+def reply_job(citizen: CitizenView | Citizen, message: OutgoingMessage, dedup_key: str) -> NewJob:
+    """The outbox job that sends ``message`` to the citizen (in order with the rest of theirs)."""
+    return NewJob(SEND, {"channel": citizen.channel, "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
+                         "message": outgoing_to_json(message)}, dedup_key, ordering_key(citizen.id))
 
 
 class DbCaseDirectory:
@@ -141,6 +143,24 @@ class DbCaseDirectory:
             )
         ).scalars()
         return [_view(r) for r in rows]
+
+
+class OnDemandCaseDirectory:
+    """``DbCaseDirectory`` for a turn that holds no transaction (the quick turn on PostgreSQL): each read
+    opens its own short session, and most turns read nothing."""
+
+    def __init__(self, db: Database, backend: BackendClient | None, metrics: CaseMetrics | None = None) -> None:
+        self.db = db
+        self.backend = backend
+        self.metrics = metrics
+
+    async def find(self, citizen: CitizenView, reference: str) -> CaseView | None:
+        async with self.db.session() as session:
+            return await DbCaseDirectory(session, self.backend, self.metrics).find(citizen, reference)
+
+    async def list(self, citizen: CitizenView) -> list[CaseView]:
+        async with self.db.session() as session:
+            return await DbCaseDirectory(session, self.backend, self.metrics).list(citizen)
 
 
 def _view(record: CaseRecord) -> CaseView:

@@ -41,9 +41,11 @@ from dialogues.cases import (
     SEND,
     CaseService,
     DbCaseDirectory,
+    OnDemandCaseDirectory,
     ordering_key,
     queue_message,
     queue_messages,
+    reply_job,
 )
 from dialogues.model import (
     CitizenView,
@@ -55,6 +57,7 @@ from dialogues.model import (
     SetLanguage,
     Turn,
 )
+from dialogues.pg_turn import Applied, PgTurns, Stored
 from dialogues.policy import Policy
 from dialogues.states import DRAFT_STATES, State
 from dialogues.store import (
@@ -121,6 +124,10 @@ class DialogueEngine:
         self.clock = clock
         self.metrics: Metrics = metrics or _NoMetrics()
         self._locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = weakref.WeakValueDictionary()
+        # The quick turn: two hand-written statements on PostgreSQL (``dialogues.pg_turn``); None on SQLite.
+        raw = db.raw if settings.database.quick_turns else None
+        self.turns = PgTurns(raw, settings.outbox.lease_s) if raw is not None else None
+        self._directory = OnDemandCaseDirectory(db, status_backend, cases.metrics)
         outbox.register(SEND, cases.job_send)
         outbox.register(FILE_CASE, cases.job_file_case, on_dead=cases.on_file_dead)
         outbox.register(BACKEND_REPLY, cases.job_backend_reply)
@@ -136,14 +143,22 @@ class DialogueEngine:
         the message is stored on its own, then answered with ``error_generic`` by ``process_citizen``."""
         self.cases.outputs.setdefault(msg.channel, output)
         nlu_json = await self._parse(msg)
+        now = self.clock()
         async with self._lock((msg.channel, msg.sender_id)):
             try:
-                done = await self._store_and_turn(msg, nlu_json)
+                stored = None
+                if self.turns is not None:
+                    stored = await self.turns.store(msg, nlu_json, now, now - FLOOD_WINDOW)
+                if stored is None:  # SQLite, or a first contact: the locked path creates the citizen
+                    done = await self._store_and_turn(msg, nlu_json)
             except Exception as exc:
                 if database_unavailable(exc):
                     raise  # nothing was stored: the webhook answers 503 and the platform sends it again
                 log.exception("turn failed for a message from %s; storing it apart", mask_id(msg.sender_id))
-                done = None
+                stored, done = None, None
+            if stored is not None:
+                accepted()  # stored: the webhook may acknowledge the platform now
+                done = await self._quick_turn(msg, nlu_json, stored, now)
         if done is None:
             await self._handle_apart(msg, nlu_json)
             return
@@ -151,6 +166,13 @@ class DialogueEngine:
         if done.duplicate:
             log.info("duplicate delivery of %s from %s ignored", msg.message_id, mask_id(msg.sender_id))
             self.metrics.turn(msg.channel, "duplicate")
+            return
+        if done.locked:
+            try:
+                await self.process_citizen(done.citizen_id)
+            except Exception:  # stored: the sweeper handles it once the database answers again
+                log.exception("turn of citizen %s postponed", done.citizen_id)
+            await self.deliver(done.citizen_id)
             return
         try:
             await self.outbox.run_in_order(done.jobs)
@@ -179,6 +201,58 @@ class DialogueEngine:
                     backend_work |= await self._run_turn(session, citizen, conv, record, now)
             jobs = await self.outbox.claim(session, ordering_key(citizen.id))
             return _Handled(citizen.id, jobs=jobs, backend_work=backend_work)
+
+    async def _quick_turn(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None, stored: Stored,
+                          now: dt.datetime) -> _Handled:
+        """The rest of a turn whose message ``PgTurns.store`` stored (and the webhook may acknowledge): the
+        policy with no transaction open, then ``PgTurns.commit``. Whatever that cannot apply (see
+        ``_quick_outcome``) is handed to the locked path, which handles the citizen's messages in order."""
+        if stored.message_id is None:
+            return _Handled(stored.citizen_id, duplicate=True)
+        try:
+            applied = await self._quick_outcome(msg, nlu_json, stored, now)
+        except Exception as exc:
+            if database_unavailable(exc):  # stored, not handled: the sweeper takes it when the database is back
+                log.warning("turn of citizen %s postponed: database unavailable (%s)", stored.citizen_id,
+                            type(exc).__name__)
+                return _Handled(stored.citizen_id)
+            log.exception("quick turn failed for citizen %s; taking the locked path", stored.citizen_id)
+            applied = None
+        if applied is None:
+            return _Handled(stored.citizen_id, locked=True)
+        return _Handled(stored.citizen_id, jobs=applied.leased, backend_work=applied.queued > len(applied.leased))
+
+    async def _quick_outcome(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None, stored: Stored,
+                             now: dt.datetime) -> Applied | None:
+        """Run the policy and commit its outcome; None when this turn needs the locked path: messages left
+        over, the flood limit, an idle conversation to close, effects beyond replies and language (filings and
+        backend calls), or another worker's turn in between."""
+        cfg = self.settings.dialogue
+        assert self.turns is not None
+        if stored.waiting or stored.recent + 1 > cfg.flood_limit_per_minute:
+            return None
+        last = _aware(stored.last_activity_at)
+        if stored.state != State.IDLE and last is not None and now - last >= dt.timedelta(
+                minutes=cfg.idle_timeout_minutes):
+            return None
+        view = CitizenView(id=stored.citizen_id, channel=msg.channel, channel_user_id=msg.sender_id,
+                           language=stored.language or cfg.default_language, language_locked=stored.language_locked,
+                           first_contact=not stored.data.get("welcomed", False) and stored.state == State.IDLE)
+        nlu = NLUResult.from_dict(nlu_json) if nlu_json else None
+        outcome = await self.policy.step(view, _state(stored.state), ConversationData.from_json(stored.data),
+                                         Turn(msg, nlu, now), self._directory)
+        language, locked = None, False
+        for effect in outcome.effects:
+            if not isinstance(effect, SetLanguage):
+                return None
+            language, locked = effect.language, locked or effect.locked
+        replies = [reply_job(view, reply, f"out:{stored.message_id}:{i}") for i, reply in enumerate(outcome.replies)]
+        applied = await self.turns.commit(stored, now=now, state=str(outcome.state), data=outcome.data.to_json(),
+                                          language=language, language_locked=locked,
+                                          ordering_key=ordering_key(view.id), replies=replies)
+        if applied is not None:
+            self.metrics.turn(msg.channel, _outcome_label(outcome))
+        return applied
 
     async def _handle_apart(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None) -> None:
         """The careful path: store the message in its own transaction, then process it (a failing turn is
@@ -428,6 +502,7 @@ class _Handled:
     duplicate: bool = False
     jobs: list[Job] = field(default_factory=list)
     backend_work: bool = False
+    locked: bool = False  # stored, to be handled by the locked path (``process_citizen``)
 
 
 class DbEventLedger:

@@ -89,7 +89,7 @@ async def citizen_and_conversation(session: AsyncSession, channel: str,
     return citizen, await lock_conversation(session, citizen.id)
 
 
-def _inbound_values(citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None) -> dict[str, Any]:
+def inbound_values(citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None) -> dict[str, Any]:
     kind = "button" if msg.button else "command" if msg.command else "media" if msg.attachments else (
         "location" if msg.location else "unsupported" if msg.unsupported else "text")
     return {"citizen_id": citizen_id, "direction": MessageDirection.IN, "channel": msg.channel,
@@ -101,7 +101,7 @@ async def insert_inbound(
     session: AsyncSession, citizen_id: int, msg: IncomingMessage, nlu: dict[str, Any] | None
 ) -> bool:
     """Log an inbound message; False when this platform message id was seen before (a re-delivery)."""
-    values = _inbound_values(citizen_id, msg, nlu)
+    values = inbound_values(citizen_id, msg, nlu)
     stmt = insert_ignoring_conflict(_MESSAGES, tuple(values), _INBOUND_KEY, returning="id")
     return (await session.execute(stmt, values)).first() is not None
 
@@ -111,7 +111,7 @@ async def insert_inbound_handled(
 ) -> MessageRecord | None:
     """Log an inbound message that this transaction handles (stored already marked processed: the turn
     commits with it, or neither does). Returns it as a detached record, or None for a re-delivery."""
-    values = {**_inbound_values(citizen_id, msg, nlu), "processed_at": now}
+    values = {**inbound_values(citizen_id, msg, nlu), "processed_at": now}
     stmt = insert_ignoring_conflict(_MESSAGES, tuple(values), _INBOUND_KEY, returning="id")
     new_id = (await session.execute(stmt, values)).scalar_one_or_none()
     return None if new_id is None else MessageRecord(id=new_id, **values)

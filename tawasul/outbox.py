@@ -23,6 +23,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, update
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config.settings import OutboxSettings
 from tawasul.db import Database
 from tawasul.db.models import OutboxItem, OutboxStatus, utcnow
+from tawasul.db.raw import RawPostgres
 from tawasul.db.statements import insert_ignoring_conflict
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,28 @@ async def enqueue_many(session: AsyncSession, jobs: Sequence[NewJob]) -> None:
     ]
     statement = insert_ignoring_conflict(_T, tuple(rows[0]), ("dedup_key",))
     await session.execute(statement, rows if len(rows) > 1 else rows[0])
+
+
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(sorted({name for row in rows for name in row}))
+
+
+@cache
+def _insert_rows_sql(table: str, columns: tuple[str, ...], param: int = 1) -> str:
+    """Insert rows given as one json array (``$param``); columns left out take their defaults. Table and
+    column names come from our own ``Row`` tables, never from input."""
+    cols = ", ".join(columns)
+    return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{table}, ${param}::json)"
+
+
+@cache
+def _finish_sql(table: str | None, columns: tuple[str, ...]) -> str:
+    """Mark items ``$1`` done at ``$2`` and, with a table, insert its rows ``$3`` in the same statement."""
+    mark = (f"UPDATE outbox SET status = '{OutboxStatus.DONE.value}', locked_until = NULL, last_error = NULL, "
+            "updated_at = $2 WHERE id = ANY($1::bigint[])")
+    if table is None:
+        return mark
+    return f"WITH done AS ({mark}) {_insert_rows_sql(table, columns, 3)}"
 
 
 class Outbox:
@@ -268,6 +292,9 @@ class Outbox:
         statement for the marks however many were delivered together."""
         if not done:
             return
+        if self.db.raw is not None:
+            await self._finish_raw(self.db.raw, done)
+            return
         # Not one transaction (that would cost BEGIN and COMMIT round trips): the mark first, then the log, so
         # a crash in between loses a log line, never sends a message twice.
         async with self.db.autocommit() as session:
@@ -282,6 +309,23 @@ class Outbox:
                     rows.setdefault(item.record.table, []).append(item.record.values)
             for table, values in rows.items():
                 await session.execute(insert(table), values)
+
+    async def _finish_raw(self, raw: RawPostgres, done: list[_Done]) -> None:
+        """``_finish`` on PostgreSQL: the marks and the log rows in one statement (``tawasul.db.raw``)."""
+        ids = [item.job.id for item in done]
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for item in done:
+            if item.record is not None:
+                rows.setdefault(item.record.table.name, []).append(item.record.values)
+        tables = list(rows.items())
+        async with raw.relaxed() as conn:
+            if not tables:
+                await conn.execute(_finish_sql(None, ()), ids, utcnow())
+                return
+            name, values = tables[0]
+            await conn.execute(_finish_sql(name, _columns(values)), ids, utcnow(), values)
+            for name, values in tables[1:]:
+                await conn.execute(_insert_rows_sql(name, _columns(values)), values)
 
     async def _release(self, jobs: list[Job]) -> None:
         """Give claimed but unattempted items back (their attempt does not count)."""

@@ -7,10 +7,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from asyncpg.exceptions import ConnectionDoesNotExistError
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from tawasul.db.raw import RawPostgres
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -66,7 +69,8 @@ def database_unavailable(exc: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
-        if isinstance(current, OSError | TimeoutError | sa_exc.TimeoutError | sa_exc.OperationalError):
+        if isinstance(current, OSError | TimeoutError | sa_exc.TimeoutError | sa_exc.OperationalError
+                      | ConnectionDoesNotExistError):
             return True  # refused/reset connections, pool timeouts, SQLite "database is locked"
         state = getattr(current, "sqlstate", None)
         if isinstance(state, str) and state.startswith(_TRANSIENT_SQLSTATES):
@@ -92,6 +96,8 @@ class Database:
             self._autocommit_engine = create_async_engine(
                 url, echo=echo, pool_size=half, max_overflow=half, pool_recycle=1800,
                 isolation_level="AUTOCOMMIT", connect_args={"server_settings": {"synchronous_commit": "off"}})
+        # The hot path's hand-written statements (``tawasul.db.raw``); None on SQLite.
+        self.raw: RawPostgres | None = RawPostgres(url, max_size=pool_size) if self.dialect == "postgresql" else None
 
     @property
     def dialect(self) -> str:
@@ -123,6 +129,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        if self.raw is not None:
+            await self.raw.close()
         await self.engine.dispose()
         if self._autocommit_engine is not self.engine:
             await self._autocommit_engine.dispose()

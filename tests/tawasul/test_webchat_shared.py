@@ -27,6 +27,7 @@ from tawasul.app import Service
 from tawasul.db import Database
 from tawasul.db.migrate import alembic_config, upgrade_async
 from tawasul.db.models import Base, Citizen, MessageDirection, MessageRecord, WebChatReply, utcnow
+from tawasul.outbox import Job
 from tests.fakes import wait_until
 from tests.support import settings_for
 
@@ -123,15 +124,16 @@ async def test_a_reply_delivered_by_another_workers_outbox_reaches_a_poll_on_eit
     pair: tuple[Service, Service], http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service_a, service_b = pair
-    # A commits the turn but neither leases its replies nor delivers them inline (as when that failed and was
-    # left to the loops) and runs no outbox loop: the replies can only go out through B's outbox loop.
-    async def no_claim(session: object, ordering_key: str, **kwargs: object) -> list[object]:
-        return []
+    # A commits the turn but gives the replies it leased back instead of delivering them inline (as when that
+    # failed and was left to the loops) and runs no outbox loop: the replies can only go out through B's.
+    async def give_back(jobs: list[Job]) -> int:
+        await service_a.outbox._release(jobs)
+        return 0
 
     async def no_inline_delivery(citizen_id: int, **kwargs: object) -> None:
         return None
 
-    monkeypatch.setattr(service_a.outbox, "claim", no_claim)
+    monkeypatch.setattr(service_a.outbox, "run_in_order", give_back)
     monkeypatch.setattr(service_a.engine, "deliver", no_inline_delivery)
     page_a = Page(http, service_a, "shared-citizen-01")
     page_b = Page(http, service_b, "shared-citizen-01")
