@@ -149,7 +149,7 @@ class DialogueEngine:
                 stored = None
                 if self.turns is not None:
                     stored = await self.turns.store(msg, nlu_json, now, now - FLOOD_WINDOW)
-                if stored is None:  # SQLite, or a first contact: the locked path creates the citizen
+                if stored is None:  # SQLite (or the quick path could not store it)
                     done = await self._store_and_turn(msg, nlu_json)
             except Exception as exc:
                 if database_unavailable(exc):

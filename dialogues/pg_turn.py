@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.channel import IncomingMessage
+from dialogues.states import State
 from dialogues.store import inbound_values
 from tawasul.db.raw import RawPostgres
 from tawasul.outbox import Job, NewJob
@@ -56,6 +57,21 @@ SELECT c.id, c.language, c.language_locked, c.state, c.data, c.version, c.last_a
        (SELECT count(*) FROM messages m
         WHERE m.citizen_id = c.id AND m.direction = $3 AND m.processed_at IS NULL) AS waiting
 FROM c
+"""
+
+# A first contact: the citizen and an empty conversation ($1 channel, $2 channel user id, $3 now). The
+# citizen may exist already (another worker, or a row without a conversation): then only the conversation.
+_CREATE = """
+WITH ins AS (
+    INSERT INTO citizens (channel, channel_user_id, language_locked, created_at) VALUES ($1, $2, false, $3)
+    ON CONFLICT (channel, channel_user_id) DO NOTHING
+    RETURNING id
+), citizen AS (
+    SELECT id FROM ins UNION ALL SELECT id FROM citizens WHERE channel = $1 AND channel_user_id = $2
+)
+INSERT INTO conversations (citizen_id, state, data, version, updated_at, last_activity_at)
+SELECT id, $4, '{}'::json, 1, $3, $3 FROM citizen LIMIT 1
+ON CONFLICT (citizen_id) DO NOTHING
 """
 
 # $1 citizen, $2 version read, $3 message, $4 now, $5 state, $6 data, $7 language (NULL: unchanged),
@@ -125,13 +141,16 @@ class PgTurns:
 
     async def store(self, msg: IncomingMessage, nlu: dict[str, Any] | None, now: dt.datetime,
                     flood_since: dt.datetime) -> Stored | None:
-        """Store the message; None when the citizen or their conversation does not exist yet (first
-        contact: the locked path creates them, and stores the message itself)."""
+        """Store the message, creating the citizen and their conversation on first contact (one more round
+        trip, once per citizen); None only when they could not be created (then nothing was stored)."""
         v = inbound_values(0, msg, nlu)
+        args = (msg.channel, msg.sender_id, str(v["direction"]), v["platform_message_id"], v["kind"], v["text"],
+                v["payload"], v["nlu"], now, flood_since)
         async with self.raw.durable() as conn:
-            row = await conn.fetchrow(_STORE, msg.channel, msg.sender_id, str(v["direction"]),
-                                      v["platform_message_id"], v["kind"], v["text"], v["payload"], v["nlu"],
-                                      now, flood_since)
+            row = await conn.fetchrow(_STORE, *args)
+            if row is None:
+                await conn.execute(_CREATE, msg.channel, msg.sender_id, now, str(State.IDLE))
+                row = await conn.fetchrow(_STORE, *args)
         if row is None:
             return None
         return Stored(citizen_id=row[0], language=row[1], language_locked=row[2], state=row[3],

@@ -46,6 +46,13 @@ async def _init(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    # Every statement here is one autocommit statement: no transaction, cursor, LISTEN, SET or advisory lock is
+    # ever left on a connection, so asyncpg's reset query (a round trip on every release) has nothing to undo.
+    if conn.is_in_transaction():  # never expected; a local check, no round trip
+        await conn.execute("ROLLBACK")
+
+
 class RawPostgres:
     """The two pools, opened on first use (a worker that never needs them never connects)."""
 
@@ -67,7 +74,7 @@ class RawPostgres:
                 return pool
             settings = {"synchronous_commit": "off"} if relaxed else {}
             size = max(2, self._max_size // 2) if relaxed else self._max_size
-            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=size, init=_init,
+            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=size, init=_init, reset=_reset,
                                              server_settings=settings, max_inactive_connection_lifetime=1800)
             if relaxed:
                 self._relaxed = pool

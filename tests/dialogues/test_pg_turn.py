@@ -119,12 +119,11 @@ async def test_store_dedups_and_counts(harness: Harness) -> None:
     later = IncomingMessage(channel="story", sender_id="store-1", message_id="story:store-1:y", text="hey")
     second = await turns.store(later, None, now, now - dt.timedelta(minutes=1))
     assert second is not None and (second.recent, second.waiting) == (2, 1)  # "hi" is still unhandled
-    stranger = IncomingMessage(channel="story", sender_id="nobody", message_id="story:nobody:1", text="hi")
-    assert await turns.store(stranger, None, now, now) is None  # first contact: nothing stored here
-    async with harness.service.db.session() as session:
-        stored = await session.scalar(select(func.count()).select_from(MessageRecord)
-                                      .where(MessageRecord.platform_message_id == "story:nobody:1"))
-    assert stored == 0
+    stranger = IncomingMessage(channel="story", sender_id="new-1", message_id="story:new-1:1", text="hi")
+    fresh = await turns.store(stranger, None, now, now)  # first contact: citizen and conversation created
+    assert fresh is not None and fresh.message_id is not None and (fresh.recent, fresh.waiting) == (0, 0)
+    assert (fresh.state, fresh.version, fresh.data, fresh.language) == ("idle", 1, {}, None)
+    assert fresh.citizen_id != first.citizen_id
 
 
 async def test_a_turn_in_between_applies_nothing(harness: Harness) -> None:
