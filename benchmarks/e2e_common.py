@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from aiohttp import WSMsgType, web  # noqa: E402
 
+from tawasul.db.scratch import DEFAULT_ADMIN_DSN, create_database, drop_database  # noqa: E402
 from tests.fakes.fake_telegram import FakeTelegram, TelegramApiError  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_MODEL_DIR = ROOT / "var" / "bench-models"
-PG_ADMIN_DSN = os.environ.get("TAWASUL_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get("TAWASUL_BENCH_PG_DSN", DEFAULT_ADMIN_DSN)
 BOT_TOKEN = "123456789:BENCH-fake-token-for-benchmarks-01"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 BACKEND_SECRET = "bench-backend-webhook-secret"  # signs status events (core backend -> bot)
@@ -396,26 +396,12 @@ def postgres_cpu_s(databases: list[str] | None = None) -> float:
 # --- PostgreSQL throwaway databases -------------------------------------------------------------------
 
 
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def pg_create(prefix: str = "tawasul_bench") -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{base}/{name}"
+    return await create_database(PG_ADMIN_DSN, prefix=prefix)
 
 
 async def pg_drop(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await drop_database(url, PG_ADMIN_DSN)
 
 
 # --- the NLU model ------------------------------------------------------------------------------------

@@ -3,13 +3,17 @@
 A turn, in order:
 
 1. NLU runs outside any transaction (it is CPU work or an HTTP call).
-2. Transaction 1 stores the citizen and the inbound message. A message id seen before (a platform
-   re-delivery) stops here: it is never handled twice.
-3. Transaction 2, under the per-citizen lock (an ``asyncio.Lock`` in this process plus the conversation row
-   lock in the database, ``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), takes every
-   unprocessed inbound message of that citizen in arrival order, runs the policy, applies its effects,
-   writes the replies to the outbox and marks the message processed, all in one commit. A crash anywhere
-   leaves either nothing or everything of that turn; the sweeper picks up messages left unprocessed.
+2. The quick turn (PostgreSQL, ``dialogues.pg_turn``): one statement stores the inbound message and reads the
+   citizen and conversation; a message id seen before (a platform re-delivery) stops here, and the webhook
+   may acknowledge the platform. The policy runs with no transaction open; a second statement applies its
+   outcome only if the conversation's version is unchanged (optimistic versioning): message marked handled,
+   new state, replies queued in the outbox and leased to this worker.
+3. The locked turn takes whatever the quick one cannot (and every turn on SQLite): under the per-citizen lock
+   (an ``asyncio.Lock`` in this process plus the conversation row lock in the database, ``FOR UPDATE`` on
+   PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) it takes every unprocessed inbound message of that citizen in
+   arrival order, runs the policy, applies its effects (filings, backend calls, notices), writes the replies
+   to the outbox and marks the message processed, all in one commit. A crash anywhere leaves either nothing or
+   everything of that turn; the sweeper picks up messages left unprocessed.
 4. The outbox delivers that citizen's replies at once (and any worker retries them later if that fails).
 
 Nothing a citizen sends is dropped silently: a message that makes the policy fail is answered with
@@ -137,9 +141,10 @@ class DialogueEngine:
     async def handle(self, msg: IncomingMessage, output: OutputChannel) -> None:
         """Persist, process and answer one inbound message. Safe to call again with the same message.
 
-        The usual path is one transaction: store the message, run the turn under the conversation lock and
-        lease the replies it queued; after the commit the replies are sent and marked done in a second one.
-        (Round trips to the database are most of a turn's cost.) A turn that fails takes the careful path:
+        On PostgreSQL the usual path is the quick turn (two statements, see the module docstring); otherwise one
+        transaction stores the message, runs the turn under the conversation lock and leases the replies it
+        queued. After the commit the replies are sent and marked done. (Round trips to the database are most of
+        a turn's cost.) A turn that fails takes the careful path:
         the message is stored on its own, then answered with ``error_generic`` by ``process_citizen``."""
         self.cases.outputs.setdefault(msg.channel, output)
         nlu_json = await self._parse(msg)
@@ -158,7 +163,7 @@ class DialogueEngine:
                 stored, done = None, None
             if stored is not None:
                 accepted()  # stored: the webhook may acknowledge the platform now
-                done = await self._quick_turn(msg, nlu_json, stored, now)
+                done = await self._quick_turn(self.turns, msg, nlu_json, stored, now)
         if done is None:
             await self._handle_apart(msg, nlu_json)
             return
@@ -202,15 +207,16 @@ class DialogueEngine:
             jobs = await self.outbox.claim(session, ordering_key(citizen.id))
             return _Handled(citizen.id, jobs=jobs, backend_work=backend_work)
 
-    async def _quick_turn(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None, stored: Stored,
-                          now: dt.datetime) -> _Handled:
+    async def _quick_turn(self, turns: PgTurns | None, msg: IncomingMessage, nlu_json: dict[str, Any] | None,
+                          stored: Stored, now: dt.datetime) -> _Handled:
         """The rest of a turn whose message ``PgTurns.store`` stored (and the webhook may acknowledge): the
         policy with no transaction open, then ``PgTurns.commit``. Whatever that cannot apply (see
         ``_quick_outcome``) is handed to the locked path, which handles the citizen's messages in order."""
         if stored.message_id is None:
             return _Handled(stored.citizen_id, duplicate=True)
+        assert turns is not None  # it stored the message
         try:
-            applied = await self._quick_outcome(msg, nlu_json, stored, now)
+            applied = await self._quick_outcome(turns, msg, nlu_json, stored, now)
         except Exception as exc:
             if database_unavailable(exc):  # stored, not handled: the sweeper takes it when the database is back
                 log.warning("turn of citizen %s postponed: database unavailable (%s)", stored.citizen_id,
@@ -222,13 +228,12 @@ class DialogueEngine:
             return _Handled(stored.citizen_id, locked=True)
         return _Handled(stored.citizen_id, jobs=applied.leased, backend_work=applied.queued > len(applied.leased))
 
-    async def _quick_outcome(self, msg: IncomingMessage, nlu_json: dict[str, Any] | None, stored: Stored,
-                             now: dt.datetime) -> Applied | None:
+    async def _quick_outcome(self, turns: PgTurns, msg: IncomingMessage, nlu_json: dict[str, Any] | None,
+                             stored: Stored, now: dt.datetime) -> Applied | None:
         """Run the policy and commit its outcome; None when this turn needs the locked path: messages left
         over, the flood limit, an idle conversation to close, effects beyond replies and language (filings and
         backend calls), or another worker's turn in between."""
         cfg = self.settings.dialogue
-        assert self.turns is not None
         if stored.waiting or stored.recent + 1 > cfg.flood_limit_per_minute:
             return None
         last = _aware(stored.last_activity_at)
@@ -247,7 +252,7 @@ class DialogueEngine:
                 return None
             language, locked = effect.language, locked or effect.locked
         replies = [reply_job(view, reply, f"out:{stored.message_id}:{i}") for i, reply in enumerate(outcome.replies)]
-        applied = await self.turns.commit(stored, now=now, state=str(outcome.state), data=outcome.data.to_json(),
+        applied = await turns.commit(stored, now=now, state=str(outcome.state), data=outcome.data.to_json(),
                                           language=language, language_locked=locked,
                                           ordering_key=ordering_key(view.id), replies=replies)
         if applied is not None:

@@ -5,41 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-PG_ADMIN_DSN = os.environ.get("TAWASUL_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tawasul.db.scratch import DEFAULT_ADMIN_DSN, create_database, drop_database
 
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+PG_ADMIN_DSN = os.environ.get("TAWASUL_TEST_PG_DSN", DEFAULT_ADMIN_DSN)
 
 
 def create_pg_database() -> str:
     """Create an empty PostgreSQL database; return its SQLAlchemy async URL."""
-    name = f"tawasul_test_{uuid.uuid4().hex[:12]}"
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        return asyncio.run(create_database(PG_ADMIN_DSN, prefix="tawasul_test"))
     except OSError as exc:  # refuse to silently skip: CI must run the PostgreSQL tests
         raise RuntimeError(
             f"PostgreSQL at {PG_ADMIN_DSN} is not reachable ({exc}); start it, see README 'Services'"
         ) from exc
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{base}/{name}"
 
 
 def drop_pg_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(drop_database(url, PG_ADMIN_DSN))
 
 
 @pytest.fixture
