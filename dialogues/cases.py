@@ -7,10 +7,12 @@ status check go straight to the backend with the local mirror as the fallback.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select, update
@@ -33,7 +35,7 @@ from dialogues.model import AgencyDirectory, CaseView, CitizenView, Draft
 from dialogues.states import State
 from dialogues.store import _insert, lock_conversation, outbound_row
 from tawasul.db import Database
-from tawasul.db.models import CaseRecord, Citizen, ProcessedEvent, ReviewItem, ReviewReason, utcnow
+from tawasul.db.models import CaseRecord, Citizen, ProcessedEvent, ReviewItem, ReviewReason, ReviewStatus, utcnow
 from tawasul.outbox import Job, NewJob, PermanentFailure, Recorder, RetryLater, enqueue, enqueue_many
 from tawasul.privacy import mask_id, redact
 
@@ -103,6 +105,16 @@ def reply_job(citizen: CitizenView | Citizen, message: OutgoingMessage, dedup_ke
     """The outbox job that sends ``message`` to the citizen (in order with the rest of theirs)."""
     return NewJob(SEND, {"channel": citizen.channel, "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
                          "message": outgoing_to_json(message)}, dedup_key, ordering_key(citizen.id))
+
+
+@dataclass(frozen=True, slots=True)
+class FilingRows:
+    """See ``CaseService.filing_rows``: ``case`` and ``review`` are column values of ``cases`` and
+    ``review_items``."""
+
+    case: dict[str, Any]
+    job: NewJob
+    review: dict[str, Any] | None
 
 
 class DbCaseDirectory:
@@ -201,31 +213,45 @@ class CaseService:
     # -- called by the engine inside a turn's transaction -----------------------------------------
     async def register_filing(self, session: AsyncSession, citizen: CitizenView, draft: Draft, lang: str,
                               channel_message_id: str) -> None:
-        assert draft.type is not None and draft.agency is not None
-        key = idempotency_key(citizen.channel, citizen.channel_user_id, draft.id)
-        existing = (await session.execute(select(CaseRecord.id).where(CaseRecord.idempotency_key == key))).first()
+        rows = self.filing_rows(citizen, draft, lang)
+        existing = (await session.execute(
+            select(CaseRecord.id).where(CaseRecord.idempotency_key == rows.case["idempotency_key"]))).first()
         if existing is not None:  # the same draft sent twice: already queued
             return
-        record = CaseRecord(
-            citizen_id=citizen.id, idempotency_key=key, type=draft.type, agency=draft.agency, language=lang,
-            status="pending", description=redact(draft.text),
-            nlu={"type": draft.proposed_type, "type_confidence": draft.type_confidence,
-                 "agency": draft.proposed_agency, "agency_confidence": draft.agency_confidence,
-                 "candidates": draft.candidates, "model_version": draft.model_version, "engine": draft.engine},
-        )
+        record = CaseRecord(**rows.case)
         session.add(record)
         await session.flush()
-        await enqueue(
-            session, FILE_CASE,
-            {"case_id": record.id, "draft": draft.to_json(), "language": lang, "channel": citizen.channel,
-             "recipient": citizen.channel_user_id, "citizen_id": citizen.id, "idempotency_key": key},
-            dedup_key=f"file:{key}", ordering_key=f"file:{citizen.id}",
-        )
-        self._review_item(session, citizen, draft, lang)
+        job = rows.job
+        await enqueue(session, job.kind, {**job.payload, "case_id": record.id}, dedup_key=job.dedup_key,
+                      ordering_key=job.ordering_key)
+        if rows.review is not None:
+            session.add(ReviewItem(**rows.review))
 
-    def _review_item(self, session: AsyncSession, citizen: CitizenView, draft: Draft, lang: str) -> None:
+    def filing_rows(self, citizen: CitizenView, draft: Draft, lang: str) -> FilingRows:
+        """What filing ``draft`` writes in the turn's commit: the case mirror, the FILE_CASE job (its payload
+        gets ``case_id`` once the case row has one) and perhaps a review item. The same draft gives the same
+        idempotency key, so a second filing of it writes nothing."""
+        assert draft.type is not None and draft.agency is not None
+        key = idempotency_key(citizen.channel, citizen.channel_user_id, draft.id)
+        now = utcnow()
+        case = {
+            "citizen_id": citizen.id, "idempotency_key": key, "type": draft.type, "agency": draft.agency,
+            "language": lang, "status": "pending", "description": redact(draft.text), "last_event_sequence": 0,
+            "nlu": {"type": draft.proposed_type, "type_confidence": draft.type_confidence,
+                    "agency": draft.proposed_agency, "agency_confidence": draft.agency_confidence,
+                    "candidates": draft.candidates, "model_version": draft.model_version, "engine": draft.engine},
+            "created_at": now, "updated_at": now,
+        }
+        job = NewJob(FILE_CASE, {"draft": draft.to_json(), "language": lang, "channel": citizen.channel,
+                                 "recipient": citizen.channel_user_id, "citizen_id": citizen.id,
+                                 "idempotency_key": key},
+                     dedup_key=f"file:{key}", ordering_key=f"file:{citizen.id}")
+        return FilingRows(case, job, self._review_item(citizen, draft, lang, key, now))
+
+    def _review_item(self, citizen: CitizenView, draft: Draft, lang: str, key: str,
+                     now: dt.datetime) -> dict[str, Any] | None:
         if draft.model_version is None:
-            return  # no prediction to review (NLU was unavailable)
+            return None  # no prediction to review (NLU was unavailable)
         reason: ReviewReason | None = None
         if draft.corrected:
             reason = ReviewReason.CORRECTION
@@ -234,16 +260,16 @@ class CaseService:
         elif self.rng() < self.nlu_settings.review_sample_rate:
             reason = ReviewReason.SAMPLE
         if reason is None:
-            return
-        session.add(ReviewItem(
-            reason=reason, text=redact(draft.text), language=draft.nlu_language or lang, channel=citizen.channel,
-            model_version=draft.model_version, predicted_type=draft.proposed_type,
-            predicted_type_confidence=draft.type_confidence, predicted_agency=draft.proposed_agency,
-            predicted_agency_confidence=draft.agency_confidence,
-            candidates={"agency": [[a, c] for a, c in draft.candidates]},
-            citizen_type=draft.type, citizen_agency=draft.agency,
-            case_reference=pending_reference(idempotency_key(citizen.channel, citizen.channel_user_id, draft.id)),
-        ))
+            return None
+        return {
+            "reason": str(reason), "text": redact(draft.text), "language": draft.nlu_language or lang,
+            "channel": citizen.channel, "model_version": draft.model_version, "predicted_type": draft.proposed_type,
+            "predicted_type_confidence": draft.type_confidence, "predicted_agency": draft.proposed_agency,
+            "predicted_agency_confidence": draft.agency_confidence,
+            "candidates": {"agency": [[a, c] for a, c in draft.candidates]},
+            "citizen_type": draft.type, "citizen_agency": draft.agency, "case_reference": pending_reference(key),
+            "status": str(ReviewStatus.PENDING), "created_at": now,
+        }
 
     # -- outbox jobs ------------------------------------------------------------------------------
     async def job_send(self, job: Job) -> Recorder:

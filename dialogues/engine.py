@@ -45,6 +45,7 @@ from dialogues.cases import (
     SEND,
     CaseService,
     DbCaseDirectory,
+    FilingRows,
     OnDemandCaseDirectory,
     ordering_key,
     queue_message,
@@ -226,13 +227,14 @@ class DialogueEngine:
             applied = None
         if applied is None:
             return _Handled(stored.citizen_id, locked=True)
-        return _Handled(stored.citizen_id, jobs=applied.leased, backend_work=applied.queued > len(applied.leased))
+        return _Handled(stored.citizen_id, jobs=applied.leased,
+                        backend_work=applied.filed or applied.queued > len(applied.leased))
 
     async def _quick_outcome(self, turns: PgTurns, msg: IncomingMessage, nlu_json: dict[str, Any] | None,
                              stored: Stored, now: dt.datetime) -> Applied | None:
         """Run the policy and commit its outcome; None when this turn needs the locked path: messages left
-        over, the flood limit, an idle conversation to close, effects beyond replies and language (filings and
-        backend calls), or another worker's turn in between."""
+        over, the flood limit, an idle conversation to close, effects beyond replies, language and one filing
+        (a reply or rating for the backend), or another worker's turn in between."""
         cfg = self.settings.dialogue
         if stored.waiting or stored.recent + 1 > cfg.flood_limit_per_minute:
             return None
@@ -247,14 +249,18 @@ class DialogueEngine:
         outcome = await self.policy.step(view, _state(stored.state), ConversationData.from_json(stored.data),
                                          Turn(msg, nlu, now), self._directory)
         language, locked = None, False
+        filing: FilingRows | None = None
         for effect in outcome.effects:
-            if not isinstance(effect, SetLanguage):
+            if isinstance(effect, SetLanguage):
+                language, locked = effect.language, locked or effect.locked
+            elif isinstance(effect, FileCase) and filing is None:
+                filing = self.cases.filing_rows(view, effect.draft, effect.draft.language)
+            else:
                 return None
-            language, locked = effect.language, locked or effect.locked
         replies = [reply_job(view, reply, f"out:{stored.message_id}:{i}") for i, reply in enumerate(outcome.replies)]
         applied = await turns.commit(stored, now=now, state=str(outcome.state), data=outcome.data.to_json(),
-                                          language=language, language_locked=locked,
-                                          ordering_key=ordering_key(view.id), replies=replies)
+                                     language=language, language_locked=locked,
+                                     ordering_key=ordering_key(view.id), replies=replies, filing=filing)
         if applied is not None:
             self.metrics.turn(msg.channel, _outcome_label(outcome))
         return applied

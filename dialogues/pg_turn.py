@@ -22,9 +22,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from bot.channel import IncomingMessage
+from dialogues.cases import FilingRows
 from dialogues.states import State
 from dialogues.store import inbound_values
 from tawasul.db.raw import RawPostgres
@@ -104,10 +106,44 @@ WITH locked AS (
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING id, kind, payload, attempts, created_at, locked_until IS NOT NULL AS leased
 )
+{filing}
 SELECT (SELECT count(*) FROM conv) AS applied, q.id, q.kind, q.payload, q.attempts, q.created_at, q.leased
 FROM (SELECT 1) AS one LEFT JOIN queued q ON true
 ORDER BY q.id
 """
+
+# A filing in the same statement: $12 the case row, $13-$16 its FILE_CASE job (the payload gets the case id),
+# $17 the review item. A case with this idempotency key already (the same draft sent twice) writes nothing.
+_FILED = """, filed AS (
+    INSERT INTO cases ({case_columns})
+    SELECT {case_columns} FROM json_populate_record(NULL::cases, $12::json)
+    WHERE EXISTS (SELECT 1 FROM msg)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), file_job AS (
+    INSERT INTO outbox (kind, dedup_key, ordering_key, payload, status, attempts, next_attempt_at, created_at,
+                        updated_at)
+    SELECT $13, $14, $15, (($16::json)::jsonb || jsonb_build_object('case_id', filed.id))::json, 'pending', 0,
+           $4, $4, $4
+    FROM filed
+    ON CONFLICT (dedup_key) DO NOTHING
+)"""
+_REVIEW = """, review AS (
+    INSERT INTO review_items ({review_columns})
+    SELECT {review_columns} FROM json_populate_record(NULL::review_items, $17::json), filed
+)"""
+
+
+@cache
+def _commit_sql(case_columns: tuple[str, ...] | None, review_columns: tuple[str, ...] | None) -> str:
+    """The commit statement, with a filing (and its review item) when given their columns. Column names come
+    from ``CaseService.filing_rows``, never from input."""
+    filing = ""
+    if case_columns is not None:
+        filing = _FILED.format(case_columns=", ".join(case_columns))
+        if review_columns is not None:
+            filing += _REVIEW.format(review_columns=", ".join(review_columns))
+    return _COMMIT.replace("{filing}", filing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +168,7 @@ class Applied:
 
     leased: list[Job]
     queued: int
+    filed: bool = False  # a filing was given (its FILE_CASE job is queued unless the draft was filed before)
 
 
 class PgTurns:
@@ -159,15 +196,25 @@ class PgTurns:
 
     async def commit(self, stored: Stored, *, now: dt.datetime, state: str, data: dict[str, Any],
                      language: str | None, language_locked: bool, ordering_key: str,
-                     replies: Sequence[NewJob]) -> Applied | None:
+                     replies: Sequence[NewJob], filing: FilingRows | None = None) -> Applied | None:
         """Apply the turn; None when the conversation moved on since ``store`` (nothing was applied)."""
         jobs = [{"kind": j.kind, "dedup_key": j.dedup_key, "payload": dict(j.payload)} for j in replies]
         lease = now + dt.timedelta(seconds=self.lease_s)
+        args: list[Any] = [stored.citizen_id, stored.version, stored.message_id, now, state, data, language,
+                           language_locked, ordering_key, lease, jobs]
+        sql = _commit_sql(None, None)
+        if filing is not None:
+            job = filing.job
+            args += [filing.case, job.kind, job.dedup_key, job.ordering_key, dict(job.payload)]
+            review_columns = None
+            if filing.review is not None:
+                args.append(filing.review)
+                review_columns = tuple(sorted(filing.review))
+            sql = _commit_sql(tuple(sorted(filing.case)), review_columns)
         async with self.raw.durable() as conn:
-            rows = await conn.fetch(_COMMIT, stored.citizen_id, stored.version, stored.message_id, now, state,
-                                    data, language, language_locked, ordering_key, lease, jobs)
+            rows = await conn.fetch(sql, *args)
         if not rows or rows[0][0] == 0:
             return None
         queued = [r for r in rows if r[1] is not None]
         leased = [Job(id=r[1], kind=r[2], payload=r[3], attempts=r[4], created_at=r[5]) for r in queued if r[6]]
-        return Applied(leased=leased, queued=len(queued))
+        return Applied(leased=leased, queued=len(queued), filed=filing is not None)

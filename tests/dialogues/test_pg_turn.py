@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from bot.channel import IncomingMessage
-from dialogues.cases import SEND, ordering_key
+from dialogues.cases import FILE_CASE, SEND, ordering_key
 from dialogues.pg_turn import PgTurns
-from tawasul.db.models import Citizen, Conversation, MessageDirection, MessageRecord, OutboxItem, utcnow
+from tawasul.db.models import CaseRecord, Citizen, Conversation, MessageDirection, MessageRecord, OutboxItem, utcnow
 from tawasul.outbox import NewJob, enqueue
 from tests.dialogues.harness import Harness, Person
 from tests.support import settings_for
@@ -88,7 +88,12 @@ async def test_quick_and_locked_turns_answer_alike(tmp_path: Path, trained_nlu_d
                 async with harness.service.db.session() as session:
                     unhandled = await session.scalar(select(func.count()).select_from(MessageRecord).where(
                         MessageRecord.direction == MessageDirection.IN, MessageRecord.processed_at.is_(None)))
+                    cases = (await session.execute(select(CaseRecord))).scalars().all()
+                    filings = (await session.execute(select(OutboxItem).where(OutboxItem.kind == FILE_CASE))
+                               ).scalars().all()
                 assert unhandled == 0
+                assert len(cases) == 1 and cases[0].reference is not None and cases[0].status != "pending"
+                assert [(f.status, f.payload["case_id"]) for f in filings] == [("done", cases[0].id)]
         finally:
             await asyncio.to_thread(drop_pg_database, url)
     assert commits[True] >= 4 and commits[False] == 0  # most turns took the quick path
@@ -179,3 +184,34 @@ async def test_replies_wait_behind_an_earlier_pending_item(harness: Harness) -> 
                                        .order_by(OutboxItem.id))).scalars().all()
     assert [i.payload["message"]["text"] for i in items] == ["r0", "r1"]  # queued in order
     assert all(i.locked_until is None and i.attempts == 0 for i in items)
+
+
+async def test_a_draft_filed_twice_is_filed_once(harness: Harness) -> None:
+    """The quick turn files in its commit; the same draft again (a double tap on two workers) writes nothing."""
+    from dialogues.model import CitizenView, Draft
+
+    person = harness.person("twice-1")
+    await person.say("hello")
+    turns = _turns(harness)
+    citizen_id, _, _ = await _citizen_state(harness, "twice-1")
+    view = CitizenView(id=citizen_id, channel="story", channel_user_id="twice-1", language="en",
+                       language_locked=False, first_contact=False)
+    draft = Draft(id="d-1", text="The bus stop roof in Sitra is broken, call 33334444", type="complaint",
+                  agency="transportation", language="en")
+    for n in (1, 2):
+        now = utcnow()
+        msg = IncomingMessage(channel="story", sender_id="twice-1", message_id=f"story:twice-1:{n}", button="send")
+        stored = await turns.store(msg, None, now, now - dt.timedelta(minutes=1))
+        assert stored is not None
+        filing = harness.service.engine.cases.filing_rows(view, draft, "en")
+        applied = await turns.commit(stored, now=now, state="idle", data={}, language=None, language_locked=False,
+                                     ordering_key=ordering_key(citizen_id), replies=[], filing=filing)
+        assert applied is not None and applied.filed
+    async with harness.service.db.session() as session:
+        cases = (await session.execute(select(CaseRecord).where(CaseRecord.citizen_id == citizen_id))).scalars().all()
+        jobs = (await session.execute(select(OutboxItem).where(OutboxItem.kind == FILE_CASE,
+                                                               OutboxItem.ordering_key == f"file:{citizen_id}"))
+                ).scalars().all()
+    assert len(cases) == 1 and len(jobs) == 1
+    assert jobs[0].payload["case_id"] == cases[0].id and jobs[0].payload["draft"]["id"] == "d-1"
+    assert cases[0].description is not None and "33334444" not in cases[0].description  # redacted
