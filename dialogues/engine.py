@@ -7,7 +7,7 @@ A turn, in order:
    citizen and conversation; a message id seen before (a platform re-delivery) stops here, and the webhook
    may acknowledge the platform. The policy runs with no transaction open; a second statement applies its
    outcome only if the conversation's version is unchanged (optimistic versioning): message marked handled,
-   new state, replies queued in the outbox and leased to this worker.
+   new state, a filing if there is one, replies queued in the outbox and leased to this worker.
 3. The locked turn takes whatever the quick one cannot (and every turn on SQLite): under the per-citizen lock
    (an ``asyncio.Lock`` in this process plus the conversation row lock in the database, ``FOR UPDATE`` on
    PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) it takes every unprocessed inbound message of that citizen in

@@ -11,7 +11,8 @@ the policy then runs with no transaction open.
 
 ``commit``: applies the turn only if the conversation is still at the version ``store`` read (optimistic
 versioning, as the issue asks for one of): it locks the conversation row, marks the message handled,
-writes the new state (and language), and queues the replies in the outbox, leased to this worker when none
+writes the new state (and language), files the case if the turn files one (the case mirror, its FILE_CASE
+job, perhaps a review item), and queues the replies in the outbox, leased to this worker when none
 of the citizen's earlier items is still pending (else they wait their turn in the outbox). When another
 worker's turn came in between, nothing is applied and the engine takes the locked path, which handles the
 citizen's unhandled messages in order.
