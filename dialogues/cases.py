@@ -211,8 +211,7 @@ class CaseService:
         self.metrics: CaseMetrics = metrics or _NoMetrics()
 
     # -- called by the engine inside a turn's transaction -----------------------------------------
-    async def register_filing(self, session: AsyncSession, citizen: CitizenView, draft: Draft, lang: str,
-                              channel_message_id: str) -> None:
+    async def register_filing(self, session: AsyncSession, citizen: CitizenView, draft: Draft, lang: str) -> None:
         rows = self.filing_rows(citizen, draft, lang)
         existing = (await session.execute(
             select(CaseRecord.id).where(CaseRecord.idempotency_key == rows.case["idempotency_key"]))).first()

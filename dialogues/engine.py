@@ -181,9 +181,9 @@ class DialogueEngine:
             await self.deliver(done.citizen_id)
             return
         try:
-            await self.outbox.run_in_order(done.jobs)
+            ran = await self.outbox.run_in_order(done.jobs)
             if done.backend_work:
-                await self.deliver(done.citizen_id)
+                await self.deliver(done.citizen_id, replies=done.replies_waiting or ran < len(done.jobs))
         except Exception:  # delivery is retried by the outbox loop; the turn itself is committed
             log.exception("inline delivery failed; the outbox loop will retry")
 
@@ -227,8 +227,9 @@ class DialogueEngine:
             applied = None
         if applied is None:
             return _Handled(stored.citizen_id, locked=True)
-        return _Handled(stored.citizen_id, jobs=applied.leased,
-                        backend_work=applied.filed or applied.queued > len(applied.leased))
+        waiting = applied.queued > len(applied.leased)  # queued behind an earlier pending item
+        return _Handled(stored.citizen_id, jobs=applied.leased, backend_work=applied.filed or waiting,
+                        replies_waiting=waiting)
 
     async def _quick_outcome(self, turns: PgTurns, msg: IncomingMessage, nlu_json: dict[str, Any] | None,
                              stored: Stored, now: dt.datetime) -> Applied | None:
@@ -291,11 +292,13 @@ class DialogueEngine:
             return None
         return result.to_dict()
 
-    async def deliver(self, citizen_id: int) -> None:
+    async def deliver(self, citizen_id: int, *, replies: bool = True) -> None:
         """Deliver what is queued for this citizen now, then run their filings and backend calls (and send
-        what those queue); failures stay queued for the background loop."""
+        what those queue); failures stay queued for the background loop. ``replies=False``: the caller sent
+        every reply its turn queued already, so the first look at the citizen's queue is skipped."""
         try:
-            await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
+            if replies:
+                await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
             # A filing's answer (the reference) is queued by the filing itself: look again only after one ran.
             if await self.outbox.run_due(ordering_key=f"file:{citizen_id}"):
                 await self.outbox.run_due(ordering_key=ordering_key(citizen_id))
@@ -385,8 +388,7 @@ class DialogueEngine:
                 citizen.language_locked = citizen.language_locked or effect.locked
                 lang = effect.language
             elif isinstance(effect, FileCase):
-                await self.cases.register_filing(session, view, effect.draft, effect.draft.language,
-                                                 record.platform_message_id or str(record.id))
+                await self.cases.register_filing(session, view, effect.draft, effect.draft.language)
             elif isinstance(effect, SendReply):
                 await enqueue(
                     session, BACKEND_REPLY,
@@ -513,6 +515,7 @@ class _Handled:
     duplicate: bool = False
     jobs: list[Job] = field(default_factory=list)
     backend_work: bool = False
+    replies_waiting: bool = True  # replies may be queued beyond ``jobs`` (the locked path does not know)
     locked: bool = False  # stored, to be handled by the locked path (``process_citizen``)
 
 
