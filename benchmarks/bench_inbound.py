@@ -578,7 +578,7 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
             sampler = asyncio.create_task(sample_rss())
             cpu0 = {"bot": dep.bot_cpu_s(), "backend": tree_cpu_s(dep.backend.proc.pid) if dep.backend else 0.0,
                     "fake": tree_cpu_s(fake.proc.pid), "generator": time.process_time(),
-                    "postgres": postgres_cpu_s(dep.databases)}
+                    "postgres": postgres_cpu_s(dep.databases), **_pg_split(dep)}
             load_before = loadavg()
             t_load = time.monotonic()
             # Warm-up (not measured): conversations at every step before the first level counts.
@@ -614,12 +614,13 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
             hwm = {pid: proc_memory_mb(pid).get("VmHWM", 0.0) for pid in pids}
             cpu1 = {"bot": dep.bot_cpu_s(), "backend": tree_cpu_s(dep.backend.proc.pid) if dep.backend else 0.0,
                     "fake": tree_cpu_s(fake.proc.pid), "generator": time.process_time(),
-                    "postgres": postgres_cpu_s(dep.databases)}
+                    "postgres": postgres_cpu_s(dep.databases), **_pg_split(dep)}
             result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
             result["levels"] = [{**_level_stats(gen, i, rate, s, e), **usage[i], "attempt": a}
                                 for i, rate, s, e, a in windows]
             result["cpu_s"] = {k: round(max(0.0, cpu1[k] - cpu0[k]), 1) for k in cpu0}
             result["cpu_s"]["wall"] = round(load_s, 1)
+            result["budget"] = _budget(result["cpu_s"], len(gen.posted))
             result["rss_mb"] = {"max_vmrss_per_worker": sorted(rss.values()), "vmhwm_per_worker": sorted(hwm.values())}
             result["conversations"] = gen.conversations
             result["cases_filed"] = gen.filed
@@ -640,6 +641,38 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
             if args.keep_logs:
                 _keep_logs(work, Path(args.keep_logs) / config.name)
         return result
+
+
+def _pg_split(dep: Deployment) -> dict[str, float]:
+    """PostgreSQL CPU seconds of the bot's database and of the core backend's, apart."""
+    split = {"postgres_bot": 0.0, "postgres_backend": 0.0}
+    if dep.bot_db.startswith("postgresql"):
+        split["postgres_bot"] = postgres_cpu_s([dep.bot_db])
+    if dep.backend_db.startswith("postgresql"):
+        split["postgres_backend"] = postgres_cpu_s([dep.backend_db])
+    return split
+
+
+def _budget(cpu_s: dict[str, float], updates: int) -> dict[str, Any]:
+    """CPU ms per update of every party over the whole run, and what they imply on this machine's cores:
+    ``machine_bound_per_s`` = cores / (all parties) is the most this machine could carry with the generator,
+    the fake and the core backend on it; ``bot_bound_per_s`` = cores / (workers + the bot's database) is what
+    the cores would carry for the bot alone (the others elsewhere, as in production); ``others_cores_at_target``
+    = the cores the parties that are not the bot need at the target rate."""
+    if updates <= 0:
+        return {}
+    ms = {k: round(1000 * cpu_s.get(k, 0.0) / updates, 2)
+          for k in ("bot", "postgres_bot", "backend", "postgres_backend", "fake", "generator")}
+    cores = os.cpu_count() or 1
+    total = sum(ms.values())
+    bot = ms["bot"] + ms["postgres_bot"]
+    others = total - bot
+    return {
+        "ms_per_update": ms,
+        "machine_bound_per_s": round(1000 * cores / total) if total else None,
+        "bot_bound_per_s": round(1000 * cores / bot) if bot else None,
+        "others_cores_at_target": round(others * TARGET_RATE_2W / 1000, 2),
+    }
 
 
 async def _one_level(gen: Generator, dep: Deployment, index: int, rate: float, seconds: float
@@ -763,6 +796,25 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{c['throughput_at_saturation_per_s']:.0f}{'' if c['saturated'] else ' (not saturated)'} | {p99} | "
             f"{cpu} | {rss:.0f} | {c['loadavg_before']} / {c['loadavg_after']} |"
         )
+    budgets = [c for c in r["configs"] if c.get("budget")]
+    if budgets:
+        lines += [
+            "", "## CPU per update, every party (whole run)", "",
+            "The load generator, the fake Bot API and the core backend (with its database) share the 2 cores "
+            "with the bot. Machine bound = cores / all parties: the most this machine can carry with all of "
+            "them on it. Bot bound = cores / (workers + the bot's database): what the cores would carry "
+            f"for the bot alone. Last column: the cores the other parties need at {TARGET_RATE_2W} updates/s.", "",
+            "| configuration | workers | bot's PostgreSQL | core backend | backend's PostgreSQL | fake Telegram "
+            "| load generator | machine bound | bot bound | others' cores at target |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in budgets:
+            b, ms = c["budget"], c["budget"]["ms_per_update"]
+            lines.append(
+                f"| {c['config']} | {ms['bot']} ms | {ms['postgres_bot']} ms | {ms['backend']} ms | "
+                f"{ms['postgres_backend']} ms | {ms['fake']} ms | {ms['generator']} ms | "
+                f"{b['machine_bound_per_s']}/s | {b['bot_bound_per_s']}/s | {b['others_cores_at_target']} |"
+            )
     lines += ["", "## Per level", ""]
     for c in r["configs"]:
         if "levels" not in c:

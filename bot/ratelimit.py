@@ -214,11 +214,12 @@ class SharedRateLimiter:
                     until = self._paused_until.get(key, 0.0)
                     self._slots[key] = deque(slot for slot in reserved if slot >= until)
                     continue  # the round trip took time: read the clock again
-                slot = slots[0]
-                if now > slot + self._slack:
-                    slots.popleft()
-                    self.late_slots += 1
+                if now > slots[0] + self._slack:  # late for these: drop every one of them at once
+                    while slots and now > slots[0] + self._slack:
+                        slots.popleft()
+                        self.late_slots += 1
                     continue
+                slot = slots[0]
                 if slot > now + _EPSILON:
                     # Sleep holding the slot (it stays first in line), then look again: the wake-up may be
                     # late, or a pause may have dropped the slot meanwhile.

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot.channel import Attachment, AttachmentKind, IncomingMessage, Location, OutgoingMessage
 from dialogues.states import State
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, not copied: the callers copy the mutable ones. ``dataclasses.asdict``
+    deep-copies every value, and serialising the conversation runs on every turn."""
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
 
 
 @dataclass(slots=True)
@@ -65,7 +71,12 @@ class Draft:
     asked: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = _shallow(self)
+        data["candidates"] = list(self.candidates)
+        data["asked"] = list(self.asked)
+        data["attachments"] = [_shallow(a) for a in self.attachments]
+        data["location"] = _shallow(self.location) if self.location is not None else None
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Draft:
@@ -95,7 +106,7 @@ class ConversationData:
     welcomed: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = _shallow(self)
         data["draft"] = self.draft.to_json() if self.draft else None
         data["saved_draft"] = self.saved_draft.to_json() if self.saved_draft else None
         return data

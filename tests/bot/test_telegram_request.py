@@ -1,5 +1,5 @@
-"""python-telegram-bot's aiohttp transport against a real aiohttp server on 127.0.0.1: form and multipart
-bodies arrive as PTB sends them, and transport failures come out as PTB's own errors."""
+"""python-telegram-bot's aiohttp transport against a real aiohttp server on 127.0.0.1: JSON and multipart
+bodies arrive as the Bot API reads them, and transport failures come out as PTB's own errors."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ async def server(unused_port: int) -> AsyncIterator[tuple[str, list[dict[str, ob
                 parts[part.name or ""] = (part.filename, await part.read())  # type: ignore[union-attr]
             seen.append(parts)
         else:
-            seen.append(dict(await request.post()))
+            assert request.content_type == "application/json"
+            seen.append(await request.json())
         return web.json_response({"ok": True, "result": True})
 
     async def slow(request: web.Request) -> web.Response:
@@ -46,15 +47,18 @@ async def server(unused_port: int) -> AsyncIterator[tuple[str, list[dict[str, ob
         await runner.cleanup()
 
 
-async def test_form_and_multipart_bodies_arrive(server: tuple[str, list[dict[str, object]]]) -> None:
+async def test_json_and_multipart_bodies_arrive(server: tuple[str, list[dict[str, object]]]) -> None:
     base, seen = server
     request = AiohttpRequest()
     await request.initialize()
     try:
-        data = RequestData([RequestParameter("chat_id", 42, None), RequestParameter("text", "مرحبا", None)])
+        markup = {"inline_keyboard": [[{"text": "نعم", "callback_data": "yes"}]]}
+        data = RequestData([RequestParameter("chat_id", 42, None), RequestParameter("text", "مرحبا", None),
+                            RequestParameter("reply_markup", markup, None)])
         status, body = await request.do_request(f"{base}/echo", "POST", data)
         assert status == 200 and b'"ok": true' in body
-        assert seen[-1] == {"chat_id": "42", "text": "مرحبا"}
+        # Nested markup arrives as an object, not as a JSON string inside JSON.
+        assert seen[-1] == {"chat_id": 42, "text": "مرحبا", "reply_markup": markup}
         document = InputFile(b"%PDF-1.4", "a.pdf", attach=True)
         upload = RequestData([RequestParameter("chat_id", 42, None),
                               RequestParameter("document", "attach://doc", [document])])
