@@ -86,6 +86,9 @@ from tawasul.privacy import mask_id
 
 log = logging.getLogger(__name__)
 FLOOD_WINDOW = dt.timedelta(minutes=1)  # dialogue.flood_limit_per_minute counts messages in this window
+# Status notices being delivered beside the backend's webhook answers, at most; past that the outbox loop
+# sends them (they are queued already). Bounds the tasks a burst of status events can start.
+BACKGROUND_DELIVERIES = 256
 
 
 class Parser(Protocol):
@@ -133,6 +136,8 @@ class DialogueEngine:
         raw = db.raw if settings.database.quick_turns else None
         self.turns = PgTurns(raw, settings.outbox.lease_s) if raw is not None else None
         self._directory = OnDemandCaseDirectory(db, status_backend, cases.metrics)
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
         outbox.register(SEND, cases.job_send)
         outbox.register(FILE_CASE, cases.job_file_case, on_dead=cases.on_file_dead)
         outbox.register(BACKEND_REPLY, cases.job_backend_reply)
@@ -500,10 +505,33 @@ class DialogueEngine:
     # ------------------------------------------------------------------ backend events
     async def on_backend_event(self, event: StatusEvent) -> None:
         """A status change from the core backend (webhook or poll): applied once per event id, in one
-        transaction with the notice it causes (``CaseService.on_event``), then delivered."""
+        transaction with the notice it causes (``CaseService.on_event``). The notice is delivered beside the
+        answer, not before it: the backend's webhook call waits for the commit only, not for the platform's
+        rate limit."""
         citizen_id = await self.cases.on_event(event)
         if citizen_id is not None:
-            await self.deliver(citizen_id)
+            self.deliver_soon(citizen_id)
+
+    def deliver_soon(self, citizen_id: int) -> None:
+        """``deliver`` in a background task; with ``BACKGROUND_DELIVERIES`` running already, the outbox loop is
+        woken to send it instead (what is queued is never lost, only sent a little later)."""
+        if self._closing or len(self._background) >= BACKGROUND_DELIVERIES:
+            self.outbox.wake()
+            return
+        task = asyncio.create_task(self.deliver(citizen_id), name=f"deliver-{citizen_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Let background deliveries finish (a send the platform accepted must be marked done, or a restart
+        sends it again); cancel what still runs after ``timeout_s`` (its lease expires and it is retried)."""
+        self._closing = True
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,6 +286,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self.engine is not None:
+            await self.engine.close()
         for channel in self.channels:
             with contextlib.suppress(Exception):
                 await channel.stop()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from backend_client.client import BackendClient
-from tawasul.app import Service
+from backend_client.models import StatusEvent
+from backend_client.webhooks import signed_headers
+from tawasul.app import EVENTS_PATH, Service
 from tawasul.db.models import MessageRecord, OutboxItem
 from tests.fakes import FakeTelegram, wait_until
 from tests.support import free_port, settings_for
@@ -361,6 +365,41 @@ async def test_shutdown_lets_the_outbox_finish_a_notice_it_is_sending(
         finally:
             await service.stop()  # while the loop waits out the second 429
         assert any(reference in m["text"] for m in citizen.answers()), citizen.texts()
+
+
+async def test_status_event_webhook_answers_before_the_notice_waits_out_a_429(
+    bot_db_url: str, tmp_path: Path, trained_nlu_dir: Path
+) -> None:
+    """The backend's webhook call waits for the event's commit, not for the platform: with Telegram holding
+    the notice behind a 2 s 429, the webhook is answered while the notice is still unsent, and the notice
+    then arrives once (a second delivery of the same event changes nothing)."""
+    async with FakeTelegram() as tg, running(telegram_settings(tg, bot_db_url, tmp_path)) as service:
+        citizen = Citizen(tg, 5_550_701)
+        citizen.says("I want to know the opening hours of the passport office in Muharraq on Saturdays")
+        await citizen.expect("Inquiry")
+        citizen.presses("confirm")
+        reference = reference_in(await citizen.expect("TWS-"))
+        await outbox_idle(service)
+        case = await staff(service).get_case(reference)
+
+        event = StatusEvent(
+            event_id=uuid.uuid4().hex, sequence=1_000_000, reference=reference, status="in_progress",
+            previous_status=case.status, agency=case.agency, channel="telegram",
+            channel_user_id=str(citizen.chat_id), language="en", occurred_at=dt.datetime.now(dt.UTC),
+        )
+        body = event.model_dump_json().encode()
+        secret = service.settings.backend.webhook_secret
+        citizen._act()
+        tg.fail("sendMessage", times=1, status=429, retry_after=2)  # waited out in place (max_retry_after_s 10)
+        for attempt in range(2):
+            async with service.http.post(f"{service.url}{EVENTS_PATH}", data=body,
+                                         headers=signed_headers(secret, body)) as response:
+                assert response.status == 200, await response.text()
+            if attempt == 0:
+                assert citizen.answers() == [], "the webhook answer waited for the notice"
+        notice = await citizen.expect(reference, what="the status notice")
+        await outbox_idle(service)
+        assert [m["message_id"] for m in citizen.answers()] == [notice["message_id"]]
 
 
 async def test_photo_sent_during_the_draft_is_attached_to_the_backend_case(

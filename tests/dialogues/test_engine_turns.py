@@ -82,3 +82,38 @@ async def test_messages_left_unprocessed_are_handled_first_in_order(harness: Har
         waiting = (await session.execute(select(func.count()).select_from(MessageRecord).where(
             MessageRecord.processed_at.is_(None)))).scalar_one()
     assert waiting == 0
+
+
+async def test_background_deliveries_are_bounded_and_finished_on_close(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status notices are delivered beside the webhook answer in at most ``BACKGROUND_DELIVERIES`` tasks; past
+    that the outbox loop is woken to send them instead, and ``close`` waits for the tasks in hand."""
+    import asyncio
+
+    from dialogues import engine as engine_module
+
+    engine = harness.service.engine
+    monkeypatch.setattr(engine_module, "BACKGROUND_DELIVERIES", 2)
+    release = asyncio.Event()
+    delivered: list[int] = []
+    woken: list[bool] = []
+
+    async def slow_deliver(citizen_id: int, *, replies: bool = True) -> None:
+        await release.wait()
+        delivered.append(citizen_id)
+
+    monkeypatch.setattr(engine, "deliver", slow_deliver)
+    monkeypatch.setattr(engine.outbox, "wake", lambda: woken.append(True))
+    for citizen_id in (1, 2, 3):
+        engine.deliver_soon(citizen_id)
+    await asyncio.sleep(0)
+    assert delivered == [] and woken == [True], "the third is left to the outbox loop"
+    closing = asyncio.create_task(engine.close(timeout_s=5))
+    await asyncio.sleep(0.05)
+    assert not closing.done(), "close waits for the deliveries in hand"
+    release.set()
+    await closing
+    assert sorted(delivered) == [1, 2]
+    engine.deliver_soon(4)  # after close: the outbox loop's
+    assert woken == [True, True] and sorted(delivered) == [1, 2]
