@@ -73,6 +73,7 @@ from e2e_common import (
     percentile,
     pg_create,
     pg_drop,
+    pg_xact_commits,
     postgres_cpu_s,
     proc_memory_mb,
     service_pids,
@@ -580,6 +581,7 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
                     "fake": tree_cpu_s(fake.proc.pid), "generator": time.process_time(),
                     "postgres": postgres_cpu_s(dep.databases), **_pg_split(dep)}
             load_before = loadavg()
+            xacts0 = await pg_xact_commits(dep.bot_db) if dep.bot_db.startswith("postgresql") else 0
             t_load = time.monotonic()
             # Warm-up (not measured): conversations at every step before the first level counts.
             await gen.run_level(-1, args.levels[0], args.warmup_s)
@@ -621,6 +623,10 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
             result["cpu_s"] = {k: round(max(0.0, cpu1[k] - cpu0[k]), 1) for k in cpu0}
             result["cpu_s"]["wall"] = round(load_s, 1)
             result["budget"] = _budget(result["cpu_s"], len(gen.posted))
+            if dep.bot_db.startswith("postgresql") and gen.posted:
+                await asyncio.sleep(1.0)  # the statistics collector's lag
+                xacts = await pg_xact_commits(dep.bot_db) - xacts0
+                result["budget"]["bot_db_commits_per_update"] = round(xacts / len(gen.posted), 2)
             result["rss_mb"] = {"max_vmrss_per_worker": sorted(rss.values()), "vmhwm_per_worker": sorted(hwm.values())}
             result["conversations"] = gen.conversations
             result["cases_filed"] = gen.filed
@@ -805,15 +811,16 @@ def render_markdown(r: dict[str, Any]) -> str:
             "them on it. Bot bound = cores / (workers + the bot's database): what the cores would carry "
             f"for the bot alone. Last column: the cores the other parties need at {TARGET_RATE_2W} updates/s.", "",
             "| configuration | workers | bot's PostgreSQL | core backend | backend's PostgreSQL | fake Telegram "
-            "| load generator | machine bound | bot bound | others' cores at target |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| load generator | machine bound | bot bound | others' cores at target | bot's commits per update |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in budgets:
             b, ms = c["budget"], c["budget"]["ms_per_update"]
             lines.append(
                 f"| {c['config']} | {ms['bot']} ms | {ms['postgres_bot']} ms | {ms['backend']} ms | "
                 f"{ms['postgres_backend']} ms | {ms['fake']} ms | {ms['generator']} ms | "
-                f"{b['machine_bound_per_s']}/s | {b['bot_bound_per_s']}/s | {b['others_cores_at_target']} |"
+                f"{b['machine_bound_per_s']}/s | {b['bot_bound_per_s']}/s | {b['others_cores_at_target']} | "
+                f"{b.get('bot_db_commits_per_update', '-')} |"
             )
     lines += ["", "## Per level", ""]
     for c in r["configs"]:

@@ -393,6 +393,20 @@ def postgres_cpu_s(databases: list[str] | None = None) -> float:
     return total
 
 
+async def pg_xact_commits(url: str) -> int:
+    """Transactions committed in the database of ``url`` so far (``pg_stat_database``; statistics lag by up to
+    half a second, so read it after the load has settled)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        value = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                                    url.rsplit("/", 1)[-1])
+    finally:
+        await conn.close()
+    return int(value or 0)
+
+
 # --- PostgreSQL throwaway databases -------------------------------------------------------------------
 
 

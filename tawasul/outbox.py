@@ -229,10 +229,11 @@ class Outbox:
         rows = await session.execute(statement, self._claim_params(ordering_key))
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
-    async def _claim_batch(self, limit: int, ordering_key: str | None) -> list[Job]:
-        """Lease up to ``limit`` due items (the head of each key) in one transaction."""
+    async def _claim_batch(self, limit: int, ordering_key: str | None, *, prefix: bool = False) -> list[Job]:
+        """Lease up to ``limit`` due items (the head of each key, or with ``prefix`` the run of free items at
+        the front of ``ordering_key``) in one statement."""
         async with self.db.autocommit() as session:  # one statement: atomic on its own
-            statement = self._claim_statement(limit, ordering_key is not None, prefix=False)
+            statement = self._claim_statement(limit, ordering_key is not None, prefix=prefix)
             rows = await session.execute(statement, self._claim_params(ordering_key))
             jobs = [_job(r) for r in rows]
         return sorted(jobs, key=lambda j: j.id)
@@ -241,10 +242,22 @@ class Outbox:
     async def run_due(self, *, limit: int = 50, ordering_key: str | None = None, max_rounds: int = 100) -> int:
         """Deliver what is due now (optionally only one ordering key); return how many were handled.
 
-        Runs rounds until nothing is claimable, so a citizen's queued replies go out in one call.
+        Runs rounds until nothing is claimable, so a citizen's queued replies go out in one call. For one key,
+        a round claims the free run at the front of its queue and runs it in order; another round follows only
+        when that claim was full: an inline delivery after a turn costs one claim, not a second one that finds
+        nothing. What is queued meanwhile is delivered by whoever queued it; an item another worker queued
+        behind these while they were being sent (it could not claim it) waits for a loop's next poll.
         """
         handled = 0
         for _ in range(max_rounds):
+            if ordering_key is not None:
+                jobs = await self._claim_batch(limit, ordering_key, prefix=True)
+                if jobs:
+                    await self.run_in_order(jobs)
+                    handled += len(jobs)
+                if len(jobs) < limit:
+                    break
+                continue
             jobs = await self._claim_batch(limit, ordering_key)
             if not jobs:
                 break
