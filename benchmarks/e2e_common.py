@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp import WSMsgType, web  # noqa: E402
 
 from tawasul.db.scratch import DEFAULT_ADMIN_DSN, create_database, drop_database  # noqa: E402
-from tests.fakes.fake_telegram import FakeTelegram, TelegramApiError  # noqa: E402
+from tests.fakes.fake_telegram import FakeTelegram, TelegramApiError, api_base_url, file_base_url  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_MODEL_DIR = ROOT / "var" / "bench-models"
@@ -212,11 +212,11 @@ class FakeProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/bot"
+        return api_base_url(self.port)
 
     @property
     def file_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/file/bot"
+        return file_base_url(self.port)
 
     @property
     def bench_url(self) -> str:

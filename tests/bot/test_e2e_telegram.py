@@ -23,6 +23,7 @@ from backend_client.webhooks import signed_headers
 from tawasul.app import EVENTS_PATH, Service
 from tawasul.db.models import MessageRecord, OutboxItem
 from tests.fakes import FakeTelegram, wait_until
+from tests.fakes.tg_citizen import TgChat
 from tests.support import free_port, settings_for
 
 REF_RE = re.compile(r"TWS-\d{4}-\d{6}")
@@ -81,17 +82,11 @@ def staff(service: Service) -> BackendClient:
     )
 
 
-class Citizen:
-    """One Telegram user in a private chat with the bot, as the fake Bot API sees it."""
+class Citizen(TgChat):
+    """A user writing to the bot through the fake (queued there for polling or pushed to the webhook)."""
 
     def __init__(self, tg: FakeTelegram, chat_id: int) -> None:
-        self.tg = tg
-        self.chat_id = chat_id
-        self._mark = 0
-
-    # --- acting: each action marks where the answers to it start ---------------------------------------
-    def _act(self) -> None:
-        self._mark = len(self.tg.messages_to(self.chat_id))
+        super().__init__(tg, chat_id, wait_s=WAIT_S)
 
     def says(self, text: str) -> int:
         self._act()
@@ -104,37 +99,6 @@ class Citizen:
     def sends(self, update: dict[str, Any]) -> int:
         self._act()
         return self.tg.push_update(update)
-
-    # --- reading -------------------------------------------------------------------------------------
-    def messages(self) -> list[dict[str, Any]]:
-        return self.tg.messages_to(self.chat_id)
-
-    def texts(self) -> list[str]:
-        return self.tg.texts_to(self.chat_id)
-
-    def answers(self) -> list[dict[str, Any]]:
-        """Bot messages since the last action (edits of older messages are not answers)."""
-        return self.messages()[self._mark :]
-
-    async def expect(self, *fragments: str, what: str | None = None) -> dict[str, Any]:
-        """Wait for an answer to the last action that contains every fragment; return it."""
-
-        def found() -> dict[str, Any] | None:
-            for message in self.answers():
-                if all(f in (message.get("text") or "") for f in fragments):
-                    return message
-            return None
-
-        try:
-            await wait_until(
-                lambda: found() is not None, timeout=WAIT_S, what=what or f"reply with {fragments}"
-            )
-        except AssertionError:
-            got = [m.get("text") for m in self.answers()]
-            raise AssertionError(f"no reply containing {fragments}; got {got}") from None
-        message = found()
-        assert message is not None
-        return message
 
     def reply_keyboard(self) -> list[str]:
         """Titles of the reply keyboard (not inline) on the bot's latest message, if it has one."""

@@ -172,6 +172,16 @@ class _File:
     unique_id: str
 
 
+def api_base_url(port: int) -> str:
+    """``telegram.api_base_url`` for a fake on ``port`` (this process's or another's)."""
+    return f"http://127.0.0.1:{port}/bot"
+
+
+def file_base_url(port: int) -> str:
+    """``telegram.api_file_base_url`` for a fake on ``port``."""
+    return f"http://127.0.0.1:{port}/file/bot"
+
+
 class FakeTelegram:
     """See the module docstring. All state is plain attributes so tests can assert on it directly."""
 
@@ -239,11 +249,11 @@ class FakeTelegram:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/bot"
+        return api_base_url(self.port)
 
     @property
     def file_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/file/bot"
+        return file_base_url(self.port)
 
     # ------------------------------------------------------------------ failure injection
     def fail(

@@ -21,6 +21,7 @@ from backend_client.client import BackendClient
 from backend_client.models import Case
 from config.settings import PROJECT_DIR, ServerSettings, Settings
 from tests.fakes import FakeGraph, FakeTelegram, wait_until
+from tests.fakes.tg_citizen import TgChat
 from tests.fakes.wa_citizen import WaCitizen as SharedWaCitizen
 from tests.support import free_port, settings_for
 
@@ -282,18 +283,17 @@ class TelegramPlatform:
             await asyncio.sleep(0.2)
 
 
-class TgCitizen:
-    """One Telegram user in a private chat with the bot; every action waits for its answer."""
+class TgCitizen(TgChat):
+    """One Telegram user in a private chat with the bot; every action waits for the webhook's answer,
+    ``expect`` for the bot's (here: the text of the answer)."""
 
     def __init__(self, tg: FakeTelegram, platform: TelegramPlatform, chat_id: int) -> None:
-        self.tg = tg
+        super().__init__(tg, chat_id, wait_s=WAIT_S)
         self.platform = platform
-        self.chat_id = chat_id
         self.sent_updates = 0
-        self._mark = 0
 
     async def _send(self, update: dict[str, Any]) -> None:
-        self._mark = len(self.tg.messages_to(self.chat_id))
+        self._act()
         self.sent_updates += 1
         await self.platform.deliver(update)
 
@@ -303,28 +303,8 @@ class TgCitizen:
     async def presses(self, payload: str) -> None:
         await self._send(self.tg.press_update(self.chat_id, payload))
 
-    def texts(self) -> list[str]:
-        return self.tg.texts_to(self.chat_id)
-
-    async def expect(self, *fragments: str) -> str:
-        """Wait for an answer to the last action containing every fragment; its text."""
-
-        def found() -> str | None:
-            for message in self.tg.messages_to(self.chat_id)[self._mark :]:
-                text = message.get("text") or ""
-                if all(f in text for f in fragments):
-                    return text
-            return None
-
-        try:
-            await wait_until(lambda: found() is not None, timeout=WAIT_S, what=f"reply with {fragments}")
-        except AssertionError:
-            raise AssertionError(
-                f"chat {self.chat_id}: no reply containing {fragments}; got {self.texts()}"
-            ) from None
-        text = found()
-        assert text is not None
-        return text
+    async def expect(self, *fragments: str, what: str | None = None) -> str:  # type: ignore[override]
+        return str((await super().expect(*fragments, what=what)).get("text") or "")
 
     async def start_filing(self) -> None:
         """Complaint -> confirm -> skip the location (reply keyboard): the photo question is on screen."""
