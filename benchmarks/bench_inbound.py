@@ -440,10 +440,13 @@ class Deployment:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self, **extra: str) -> dict[str, str]:
+        # README "PostgreSQL connections": workers x 3 x pool_size + 30 (the backend) + 5 <= 100 - 3.
+        pool = str(min(10, (97 - 35) // (3 * self.config.workers)))
         return bot_env(
             port=self.port, db_url=self.bot_db, backend_url=f"http://127.0.0.1:{self.backend_port}",
             fake=self.fake, model_dir=BENCH_MODEL_DIR, work=self.work,
-            TAWASUL_TELEGRAM__GLOBAL_RATE_PER_S=str(self.global_rate), **{**self.extra_env, **extra},
+            TAWASUL_TELEGRAM__GLOBAL_RATE_PER_S=str(self.global_rate), TAWASUL_DATABASE__POOL_SIZE=pool,
+            **{**self.extra_env, **extra},
         )
 
     async def start(self) -> None:

@@ -204,6 +204,44 @@ def _prepare(settings: Settings, env: dict[str, str]) -> int:
     return code
 
 
+def connection_budget_problem(workers: int, pool_size: int, max_connections: int, reserved: int) -> str | None:
+    """What to do when N workers' pools could take more connections than the server allows, else None. Each
+    worker holds up to 3 x pool_size (README "PostgreSQL connections"); 5 more for CLI commands."""
+    wanted = workers * 3 * pool_size + 5
+    allowed = max_connections - reserved
+    if wanted <= allowed:
+        return None
+    fitting = max(1, (allowed - 5) // (3 * workers))
+    return (f"{workers} workers x 3 x database.pool_size {pool_size} (+5) = {wanted} connections, but the server "
+            f"allows {allowed} (max_connections {max_connections} - {reserved} reserved): under load statements "
+            f"will fail with 'too many clients'. Set TAWASUL_DATABASE__POOL_SIZE={fitting}, raise max_connections, "
+            "or put PgBouncer in front")
+
+
+async def _server_connection_limits(url: str) -> tuple[int, int]:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        limit = int(await conn.fetchval("SHOW max_connections"))
+        reserved = int(await conn.fetchval("SHOW superuser_reserved_connections"))
+    finally:
+        await conn.close()
+    return limit, reserved
+
+
+def check_connection_budget(settings: Settings, workers: int) -> str | None:
+    """``connection_budget_problem`` against the server's own limits (None when they cannot be read)."""
+    try:
+        limit, reserved = asyncio.run(_server_connection_limits(settings.database.url))
+    except Exception as exc:  # the workers will report an unreachable database themselves
+        log.debug("could not read the server's connection limits (%s)", type(exc).__name__)
+        return None
+    return connection_budget_problem(workers, settings.database.pool_size, limit, reserved)
+
+
 def supervise(settings: Settings, workers: int) -> int:
     """`tawasul run --workers N` with N > 1 (after ``check_workers``)."""
     from tawasul.logging import setup_logging
@@ -220,6 +258,9 @@ def supervise(settings: Settings, workers: int) -> int:
         code = _prepare(settings, env)
         if code != 0:
             return code
+        problem = check_connection_budget(settings, workers)
+        if problem is not None:  # a warning, not a refusal: pools open lazily and the server may be tuned later
+            log.warning("PostgreSQL connections: %s", problem)
         print(f"Tawasul Bot: {workers} workers on {settings.server.host}:{settings.server.port} "
               f"(supervisor pid {os.getpid()}); no terminal chat with several workers, "
               "attach one with `tawasul shell`", file=sys.stderr, flush=True)

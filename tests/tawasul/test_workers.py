@@ -90,6 +90,21 @@ def test_telegram_in_webhook_mode_passes_the_check() -> None:
     workers.check_workers(polling, 1)  # one process may poll
 
 
+def test_connection_budget_against_the_servers_limits(pg_url: str) -> None:
+    """Pools that could exceed the server's connections are named with the setting that fits; the limits
+    are read from the real server (this machine's: max_connections 100, 3 reserved)."""
+    assert workers.connection_budget_problem(2, 10, 100, 3) is None  # 65 <= 97
+    problem = workers.connection_budget_problem(4, 10, 100, 3)  # 125 > 97
+    assert problem is not None and "TAWASUL_DATABASE__POOL_SIZE=7" in problem, problem
+    base = Settings()
+    settings = base.model_copy(update={"database": base.database.model_copy(update={"url": pg_url})})
+    found = workers.check_connection_budget(settings, 40)
+    assert found is not None and "max_connections" in found, found
+    assert workers.check_connection_budget(settings, 1) is None
+    unreachable = base.model_copy(update={"database": base.database.model_copy(update={"url": PG_UNUSED})})
+    assert workers.check_connection_budget(unreachable, 40) is None  # the workers report that themselves
+
+
 # --------------------------------------------------------------------------------------- a real run
 
 
