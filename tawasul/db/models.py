@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -141,14 +142,21 @@ class OutboxItem(Base):
     idempotent downstream (idempotency keys, ``dedup_key``). Workers claim rows with SKIP LOCKED."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        # A key's pending items in id order, done rows left out: every claim asks "is an earlier item of this
+        # key pending?" once per candidate, and the quick turn whether the citizen has one pending at all.
+        # Without it a backlog of n pending items made a claim O(n^2) (0.5 s at 6,500 on stale statistics).
+        Index("ix_outbox_pending_key", "ordering_key", "id", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     # Unique per logical effect: enqueuing the same notice twice is a no-op.
     dedup_key: Mapped[str] = mapped_column(String(160), unique=True)
     # Items with the same ordering key are delivered in id order (one citizen's messages stay in order).
-    ordering_key: Mapped[str | None] = mapped_column(String(160), index=True)
+    ordering_key: Mapped[str | None] = mapped_column(String(160))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

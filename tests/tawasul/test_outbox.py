@@ -198,3 +198,36 @@ async def test_run_in_order_stops_at_a_failure_and_gives_the_rest_back_in_order(
     assert third.status == OutboxStatus.PENDING and third.locked_until is None and third.attempts == 0
     await box.run_due(ordering_key="c:1")
     assert seen == [1, 2, 3]
+
+
+async def test_a_backlog_claim_probes_the_pending_key_index(pg_url: str) -> None:
+    """With thousands of pending items (a platform outage, a burst of status events) a claim checks each
+    candidate's "earlier item of this key pending?" with one probe of the partial index, not a scan of every
+    pending row (that made a claim O(n^2)); the plan is read on statistics that do not know the backlog yet,
+    as right after the burst."""
+    from sqlalchemy import text
+
+    await upgrade_async(pg_url)
+    db = Database(pg_url, pool_size=2)
+    try:
+        async with db.session() as session:
+            await session.execute(text(
+                "INSERT INTO outbox (kind, dedup_key, ordering_key, payload, status, attempts, next_attempt_at, "
+                "created_at, updated_at) SELECT 'send', 'd' || g, 'citizen:' || (g % 3000), '{}'::json, "
+                "CASE WHEN g <= 1000 THEN 'done' ELSE 'pending' END, 0, now(), now(), now() "
+                "FROM generate_series(1, 7000) g"))
+        outbox = Outbox(db, OutboxSettings())
+        statement = outbox._claim_statement(50, False, prefix=False)
+        compiled = statement.compile(dialect=db.engine.dialect)
+        params = {**compiled.params, **outbox._claim_params(None)}
+        async with db.session() as session:
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            plan = "\n".join(r[0] for r in await raw.fetch(
+                "EXPLAIN " + str(compiled), *[params[name] for name in compiled.positiontup]))
+            claimed = (await session.execute(statement, outbox._claim_params(None))).all()
+        subplan = plan[plan.index("SubPlan"):]
+        assert "ix_outbox_pending_key" in subplan and "ix_outbox_due" not in subplan, plan
+        # Heads of their keys only, one per key, oldest first.
+        assert len(claimed) == 50 and len({r.id for r in claimed}) == 50
+    finally:
+        await db.close()
