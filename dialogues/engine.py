@@ -86,8 +86,9 @@ from tawasul.privacy import mask_id
 
 log = logging.getLogger(__name__)
 FLOOD_WINDOW = dt.timedelta(minutes=1)  # dialogue.flood_limit_per_minute counts messages in this window
-# Status notices being delivered beside the backend's webhook answers, at most; past that the outbox loop
-# sends them (they are queued already). Bounds the tasks a burst of status events can start.
+# Status notices being delivered beside the backend's webhook answers, at most. Past that an event's webhook
+# call waits for a free slot before it is answered: the backend's sender slows to the platform's pace (as it
+# did when every call waited for its delivery), instead of piling up a backlog the outbox drains later.
 BACKGROUND_DELIVERIES = 256
 
 
@@ -137,6 +138,7 @@ class DialogueEngine:
         self.turns = PgTurns(raw, settings.outbox.lease_s) if raw is not None else None
         self._directory = OnDemandCaseDirectory(db, status_backend, cases.metrics)
         self._background: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(BACKGROUND_DELIVERIES)
         self._closing = False
         outbox.register(SEND, cases.job_send)
         outbox.register(FILE_CASE, cases.job_file_case, on_dead=cases.on_file_dead)
@@ -510,17 +512,26 @@ class DialogueEngine:
         rate limit."""
         citizen_id = await self.cases.on_event(event)
         if citizen_id is not None:
-            self.deliver_soon(citizen_id)
+            await self.deliver_soon(citizen_id)
 
-    def deliver_soon(self, citizen_id: int) -> None:
-        """``deliver`` in a background task; with ``BACKGROUND_DELIVERIES`` running already, the outbox loop is
-        woken to send it instead (what is queued is never lost, only sent a little later)."""
-        if self._closing or len(self._background) >= BACKGROUND_DELIVERIES:
+    async def deliver_soon(self, citizen_id: int) -> None:
+        """``deliver`` in a background task, once one of ``BACKGROUND_DELIVERIES`` slots is free (the wait is the
+        backpressure). Closing, the outbox loop is woken to send it instead: it is queued already."""
+        if self._closing:
+            self.outbox.wake()
+            return
+        await self._slots.acquire()
+        if self._closing:  # closed while this waited for a slot
+            self._slots.release()
             self.outbox.wake()
             return
         task = asyncio.create_task(self.deliver(citizen_id), name=f"deliver-{citizen_id}")
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._delivered)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        self._slots.release()
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let background deliveries finish (a send the platform accepted must be marked done, or a restart

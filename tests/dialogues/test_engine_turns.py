@@ -88,13 +88,16 @@ async def test_background_deliveries_are_bounded_and_finished_on_close(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Status notices are delivered beside the webhook answer in at most ``BACKGROUND_DELIVERIES`` tasks; past
-    that the outbox loop is woken to send them instead, and ``close`` waits for the tasks in hand."""
+    that the caller waits for a free slot (backpressure on the backend's sender), and ``close`` waits for the
+    tasks in hand and leaves later ones to the outbox loop."""
     import asyncio
 
     from dialogues import engine as engine_module
 
-    engine = harness.service.engine
     monkeypatch.setattr(engine_module, "BACKGROUND_DELIVERIES", 2)
+    engine = type(harness.service.engine)(  # a fresh engine: its slots are sized at construction
+        harness.service.settings, harness.service.db, harness.service.engine.nlu, harness.service.engine.policy,
+        harness.service.engine.cases, harness.service.engine.outbox, None)
     release = asyncio.Event()
     delivered: list[int] = []
     woken: list[bool] = []
@@ -105,15 +108,14 @@ async def test_background_deliveries_are_bounded_and_finished_on_close(
 
     monkeypatch.setattr(engine, "deliver", slow_deliver)
     monkeypatch.setattr(engine.outbox, "wake", lambda: woken.append(True))
-    for citizen_id in (1, 2, 3):
-        engine.deliver_soon(citizen_id)
-    await asyncio.sleep(0)
-    assert delivered == [] and woken == [True], "the third is left to the outbox loop"
-    closing = asyncio.create_task(engine.close(timeout_s=5))
+    await engine.deliver_soon(1)
+    await engine.deliver_soon(2)  # both answered at once
+    third = asyncio.create_task(engine.deliver_soon(3))
     await asyncio.sleep(0.05)
-    assert not closing.done(), "close waits for the deliveries in hand"
+    assert not third.done(), "the third waits for a free slot"
     release.set()
-    await closing
-    assert sorted(delivered) == [1, 2]
-    engine.deliver_soon(4)  # after close: the outbox loop's
-    assert woken == [True, True] and sorted(delivered) == [1, 2]
+    await third  # a slot freed: it runs in the background too
+    await engine.close(timeout_s=5)
+    assert sorted(delivered) == [1, 2, 3] and woken == []
+    await engine.deliver_soon(4)  # after close: the outbox loop's
+    assert woken == [True] and sorted(delivered) == [1, 2, 3]
