@@ -139,6 +139,16 @@ def reference_in(message: dict[str, Any]) -> str:
     return match.group(0)
 
 
+async def file_inquiry(citizen: Citizen, service: Service) -> str:
+    """An English inquiry filed (confirm, then sent at once); its reference, once the outbox is idle."""
+    citizen.says("I want to know the opening hours of the passport office in Muharraq on Saturdays")
+    await citizen.expect("Inquiry")
+    citizen.presses("confirm")
+    reference = reference_in(await citizen.expect("TWS-"))
+    await outbox_idle(service)
+    return reference
+
+
 @contextlib.contextmanager
 def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
@@ -308,11 +318,7 @@ async def test_shutdown_lets_the_outbox_finish_a_notice_it_is_sending(
         await service.start()
         try:
             citizen = Citizen(tg, 5_550_601)
-            citizen.says("I want to know the opening hours of the passport office in Muharraq on Saturdays")
-            await citizen.expect("Inquiry")
-            citizen.presses("confirm")
-            reference = reference_in(await citizen.expect("TWS-"))
-            await outbox_idle(service)
+            reference = await file_inquiry(citizen, service)
 
             # The inline attempt meets a 429 longer than max_retry_after_s and hands the notice back to
             # the outbox; the background loop's attempt meets a 1 s 429 and waits it out in place.
@@ -339,11 +345,7 @@ async def test_status_event_webhook_answers_before_the_notice_waits_out_a_429(
     then arrives once (a second delivery of the same event changes nothing)."""
     async with FakeTelegram() as tg, running(telegram_settings(tg, bot_db_url, tmp_path)) as service:
         citizen = Citizen(tg, 5_550_701)
-        citizen.says("I want to know the opening hours of the passport office in Muharraq on Saturdays")
-        await citizen.expect("Inquiry")
-        citizen.presses("confirm")
-        reference = reference_in(await citizen.expect("TWS-"))
-        await outbox_idle(service)
+        reference = await file_inquiry(citizen, service)
         case = await staff(service).get_case(reference)
 
         event = StatusEvent(
