@@ -582,7 +582,7 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
             sampler = asyncio.create_task(sample_rss())
             cpu0 = {"bot": dep.bot_cpu_s(), "backend": tree_cpu_s(dep.backend.proc.pid) if dep.backend else 0.0,
                     "fake": tree_cpu_s(fake.proc.pid), "generator": time.process_time(),
-                    "postgres": postgres_cpu_s(dep.databases), **_pg_split(dep)}
+                    **_pg_split(dep)}
             load_before = loadavg()
             xacts0 = await pg_xact_commits(dep.bot_db) if dep.bot_db.startswith("postgresql") else 0
             t_load = time.monotonic()
@@ -619,7 +619,7 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
             hwm = {pid: proc_memory_mb(pid).get("VmHWM", 0.0) for pid in pids}
             cpu1 = {"bot": dep.bot_cpu_s(), "backend": tree_cpu_s(dep.backend.proc.pid) if dep.backend else 0.0,
                     "fake": tree_cpu_s(fake.proc.pid), "generator": time.process_time(),
-                    "postgres": postgres_cpu_s(dep.databases), **_pg_split(dep)}
+                    **_pg_split(dep)}
             result["loadavg_before"], result["loadavg_after"] = load_before, loadavg()
             result["levels"] = [{**_level_stats(gen, i, rate, s, e), **usage[i], "attempt": a}
                                 for i, rate, s, e, a in windows]
@@ -653,13 +653,13 @@ async def run_config(config: Config, args: argparse.Namespace, phrases: Phrases,
 
 
 def _pg_split(dep: Deployment) -> dict[str, float]:
-    """PostgreSQL CPU seconds of the bot's database and of the core backend's, apart."""
+    """PostgreSQL CPU seconds of the bot's database and of the core backend's, apart, and their sum."""
     split = {"postgres_bot": 0.0, "postgres_backend": 0.0}
     if dep.bot_db.startswith("postgresql"):
         split["postgres_bot"] = postgres_cpu_s([dep.bot_db])
     if dep.backend_db.startswith("postgresql"):
         split["postgres_backend"] = postgres_cpu_s([dep.backend_db])
-    return split
+    return {**split, "postgres": split["postgres_bot"] + split["postgres_backend"]}
 
 
 def _budget(cpu_s: dict[str, float], updates: int) -> dict[str, Any]:

@@ -258,7 +258,7 @@ class Outbox:
                 if len(jobs) < limit:
                     break
                 continue
-            jobs = await self._claim_batch(limit, ordering_key)
+            jobs = await self._claim_batch(limit, None)
             if not jobs:
                 break
             # A batch never holds two items of one ordering key (the later one is blocked), so the

@@ -220,10 +220,10 @@ def connection_budget_problem(workers: int, pool_size: int, max_connections: int
 
 async def _server_connection_limits(url: str) -> tuple[int, int]:
     import asyncpg
-    from sqlalchemy.engine import make_url
 
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn, timeout=5)
+    from tawasul.db.raw import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
     try:
         limit = int(await conn.fetchval("SHOW max_connections"))
         reserved = int(await conn.fetchval("SHOW superuser_reserved_connections"))

@@ -53,12 +53,16 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    """The plain ``postgresql://`` DSN asyncpg takes, from the project's SQLAlchemy URL."""
+    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 class RawPostgres:
     """The two pools, opened on first use (a worker that never needs them never connects)."""
 
     def __init__(self, sqlalchemy_url: str, *, max_size: int = 10) -> None:
-        url = make_url(sqlalchemy_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        self._dsn = asyncpg_dsn(sqlalchemy_url)
         self._max_size = max_size
         self._durable: asyncpg.Pool | None = None
         self._relaxed: asyncpg.Pool | None = None
