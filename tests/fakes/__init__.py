@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from tests.fakes.fake_graph import FakeGraph
 from tests.fakes.fake_telegram import FakeTelegram
@@ -31,4 +32,26 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
-__all__ = ["FakeGraph", "FakeTelegram", "wait_until"]
+async def wait_for_answer(answers: Callable[[], list[dict[str, Any]]], text_of: Callable[[dict[str, Any]], str],
+                          fragments: tuple[str, ...], *, timeout: float, what: str | None = None,
+                          who: str = "") -> dict[str, Any]:
+    """The first of ``answers()`` whose text contains every fragment, once there is one (the citizen helpers'
+    ``expect``); ``AssertionError`` listing what did arrive after ``timeout`` seconds."""
+
+    def found() -> dict[str, Any] | None:
+        for answer in answers():
+            if all(f in text_of(answer) for f in fragments):
+                return answer
+        return None
+
+    try:
+        await wait_until(lambda: found() is not None, timeout=timeout, what=what or f"reply with {fragments}")
+    except AssertionError:
+        got = [text_of(a) for a in answers()]
+        raise AssertionError(f"{who}no reply containing {fragments}; got {got}") from None
+    answer = found()
+    assert answer is not None
+    return answer
+
+
+__all__ = ["FakeGraph", "FakeTelegram", "wait_for_answer", "wait_until"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fakes import wait_until
+from tests.fakes import wait_for_answer
 from tests.fakes.fake_telegram import FakeTelegram
 
 
@@ -33,20 +33,5 @@ class TgChat:
 
     async def expect(self, *fragments: str, what: str | None = None) -> dict[str, Any]:
         """Wait for an answer to the last action that contains every fragment; return it."""
-
-        def found() -> dict[str, Any] | None:
-            for message in self.answers():
-                if all(f in (message.get("text") or "") for f in fragments):
-                    return message
-            return None
-
-        try:
-            await wait_until(
-                lambda: found() is not None, timeout=self.wait_s, what=what or f"reply with {fragments}"
-            )
-        except AssertionError:
-            got = [m.get("text") for m in self.answers()]
-            raise AssertionError(f"chat {self.chat_id}: no reply containing {fragments}; got {got}") from None
-        message = found()
-        assert message is not None
-        return message
+        return await wait_for_answer(self.answers, lambda m: m.get("text") or "", fragments, timeout=self.wait_s,
+                                     what=what, who=f"chat {self.chat_id}: ")

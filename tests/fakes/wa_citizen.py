@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.fakes.fake_graph import FakeGraph
-from tests.fakes import wait_until
+from tests.fakes import wait_for_answer
 
 
 class WaCitizen:
@@ -45,20 +45,4 @@ class WaCitizen:
 
     async def expect(self, *fragments: str, what: str | None = None) -> dict[str, Any]:
         """Wait for an answer to the last action whose text contains every fragment; return it."""
-
-        def found() -> dict[str, Any] | None:
-            for payload in self.answers():
-                if all(f in self.wa.text_of(payload) for f in fragments):
-                    return payload
-            return None
-
-        try:
-            await wait_until(
-                lambda: found() is not None, timeout=self.wait_s, what=what or f"reply with {fragments}"
-            )
-        except AssertionError:
-            got = [self.wa.text_of(m) for m in self.answers()]
-            raise AssertionError(f"no reply containing {fragments}; got {got}") from None
-        payload = found()
-        assert payload is not None
-        return payload
+        return await wait_for_answer(self.answers, self.wa.text_of, fragments, timeout=self.wait_s, what=what)
